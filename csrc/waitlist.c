@@ -1,0 +1,196 @@
+/* Atomics.wait / Atomics.notify over the region header's waiter table.
+ *
+ * Why a table and not a futex on the cell itself: JS needs notify(count) to return
+ * exactly how many waiters it woke and a 64-bit cell has no futex of its own (a
+ * futex on its low half misses changes to the high half). Each waiter owns a slot
+ * whose `state` word is its private futex; the cell comparison and every
+ * state change that decides the result happen under the table lock, so:
+ *   - a store + notify can never fall between a waiter's check and its sleep
+ *     (the waiter compared under the lock, the notifier scans under the lock);
+ *   - "ok" means a notify counted this waiter, never a spurious wake-up.
+ * Waiters spin briefly on their slot before sleeping: on a two-core machine the
+ * notifier usually arrives within microseconds, and a futex round trip costs tens.
+ * A notifier only makes the wake syscall for a waiter that went to sleep.
+ */
+#include "region.h"
+#include "pc_shared.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <unistd.h>
+
+#define LOCK_SPIN 200
+
+static void table_lock(struct pc_region_header *h) {
+  uint32_t c = 0;
+  int i;
+  for (i = 0; i < LOCK_SPIN; i++) {
+    c = 0;
+    if (atomic_compare_exchange_weak(&h->lock, &c, 1)) return;
+    pc__cpu_relax();
+  }
+  /* Drepper's "Futexes are tricky" mutex #3: 2 marks "someone may sleep". */
+  if (c != 2) c = atomic_exchange(&h->lock, 2);
+  while (c != 0) {
+    pc__futex_wait(&h->lock, 2, -1); /* EINTR: just look again, the hold is short */
+    c = atomic_exchange(&h->lock, 2);
+  }
+}
+
+static void table_unlock(struct pc_region_header *h) {
+  if (atomic_exchange(&h->lock, 0) == 2) pc__futex_wake(&h->lock, 1);
+}
+
+static int cell_equals(void *cell, int width, int64_t expected) {
+  if (width == 8) return atomic_load((_Atomic int64_t *)cell) == expected;
+  return atomic_load((_Atomic int32_t *)cell) == (int32_t)expected;
+}
+
+static int is_waiting(uint32_t state) {
+  return state == PC_WAITER_WAITING || state == PC_WAITER_SLEEPING;
+}
+
+/* Reclaims slots whose owner process is gone (killed while waiting). Called with
+ * the lock held, only when the table is full. */
+static int reclaim_dead(struct pc_region_header *h) {
+  uint32_t i;
+  int freed = 0;
+  for (i = 0; i < h->slot_limit; i++) {
+    struct pc_waiter *w = &h->waiters[i];
+    if (atomic_load(&w->state) != PC_WAITER_FREE && kill(w->pid, 0) < 0 && errno == ESRCH) {
+      atomic_store(&w->state, PC_WAITER_FREE);
+      freed++;
+    }
+  }
+  return freed;
+}
+
+static void free_slot(struct pc_region_header *h, int slot) {
+  atomic_store(&h->waiters[slot].state, PC_WAITER_FREE);
+  while (h->slot_limit > 0 &&
+         atomic_load(&h->waiters[h->slot_limit - 1].state) == PC_WAITER_FREE)
+    h->slot_limit--;
+}
+
+int pc_wait_register(void *header, void *cell, uint64_t byte_offset, int width,
+                     int64_t expected, int *slot) {
+  struct pc_region_header *h = header;
+  int i, retried = 0;
+  if (width != 4 && width != 8) return -EINVAL;
+  table_lock(h);
+  if (!cell_equals(cell, width, expected)) {
+    table_unlock(h);
+    return PC_WAIT_NOT_EQUAL;
+  }
+again:
+  for (i = 0; i < PC_WAITER_SLOTS; i++)
+    if (atomic_load(&h->waiters[i].state) == PC_WAITER_FREE) break;
+  if (i == PC_WAITER_SLOTS) {
+    if (!retried++ && reclaim_dead(h) > 0) goto again;
+    table_unlock(h);
+    return -EAGAIN;
+  }
+  h->waiters[i].pid = (int32_t)getpid();
+  h->waiters[i].byte_offset = byte_offset;
+  h->waiters[i].ticket = h->next_ticket++;
+  atomic_store(&h->waiters[i].state, PC_WAITER_WAITING);
+  if ((uint32_t)i >= h->slot_limit) h->slot_limit = (uint32_t)i + 1;
+  table_unlock(h);
+  *slot = i;
+  return PC_WAIT_OK;
+}
+
+int pc_wait_release(void *header, int slot) {
+  struct pc_region_header *h = header;
+  uint32_t state;
+  if (slot < 0 || slot >= PC_WAITER_SLOTS) return -EINVAL;
+  table_lock(h);
+  state = atomic_load(&h->waiters[slot].state);
+  free_slot(h, slot);
+  table_unlock(h);
+  return state == PC_WAITER_NOTIFIED ? PC_WAIT_OK : PC_WAIT_TIMED_OUT;
+}
+
+int pc_wait_block(void *header, int slot, int64_t timeout_ns, uint32_t spin) {
+  struct pc_region_header *h = header;
+  struct pc_waiter *w;
+  int64_t deadline = pc__deadline(timeout_ns);
+  uint32_t expected = PC_WAITER_WAITING, i;
+  if (slot < 0 || slot >= PC_WAITER_SLOTS) return -EINVAL;
+  w = &h->waiters[slot];
+  if (timeout_ns == 0) spin = 0;
+  for (i = 0; i < spin && atomic_load_explicit(&w->state, memory_order_relaxed) ==
+                              PC_WAITER_WAITING; i++)
+    pc__cpu_relax();
+  /* Announce the sleep; a notifier that already marked us leaves the CAS failing. */
+  atomic_compare_exchange_strong(&w->state, &expected, PC_WAITER_SLEEPING);
+  for (;;) {
+    int64_t left;
+    int rc;
+    if (!is_waiting(atomic_load(&w->state))) break;
+    left = pc__remaining(deadline);
+    if (left == 0) break;
+    rc = pc__futex_wait(&w->state, PC_WAITER_SLEEPING, left);
+    if (rc == -EINTR) return -EINTR;
+  }
+  return atomic_load(&w->state) == PC_WAITER_NOTIFIED ? PC_WAIT_OK : PC_WAIT_TIMED_OUT;
+}
+
+int pc_wait_abort(void *header, int slot) {
+  struct pc_region_header *h = header;
+  struct pc_waiter *w;
+  if (slot < 0 || slot >= PC_WAITER_SLOTS) return -EINVAL;
+  w = &h->waiters[slot];
+  table_lock(h);
+  if (is_waiting(atomic_load(&w->state)) &&
+      atomic_exchange(&w->state, PC_WAITER_ABORTED) == PC_WAITER_SLEEPING)
+    pc__futex_wake(&w->state, 1);
+  table_unlock(h);
+  return 0;
+}
+
+int pc_notify(void *header, uint64_t byte_offset, int64_t count) {
+  struct pc_region_header *h = header;
+  int woken = 0;
+  table_lock(h);
+  if (count < 0) {
+    uint32_t i;
+    for (i = 0; i < h->slot_limit; i++) {
+      struct pc_waiter *w = &h->waiters[i];
+      if (is_waiting(atomic_load(&w->state)) && w->byte_offset == byte_offset) {
+        if (atomic_exchange(&w->state, PC_WAITER_NOTIFIED) == PC_WAITER_SLEEPING)
+          pc__futex_wake(&w->state, 1);
+        woken++;
+      }
+    }
+  }
+  while (count >= 0 && woken < count) {
+    struct pc_waiter *oldest = NULL;
+    uint32_t i;
+    for (i = 0; i < h->slot_limit; i++) {
+      struct pc_waiter *w = &h->waiters[i];
+      if (is_waiting(atomic_load(&w->state)) && w->byte_offset == byte_offset &&
+          (oldest == NULL || w->ticket < oldest->ticket))
+        oldest = w;
+    }
+    if (oldest == NULL) break;
+    if (atomic_exchange(&oldest->state, PC_WAITER_NOTIFIED) == PC_WAITER_SLEEPING)
+      pc__futex_wake(&oldest->state, 1);
+    woken++;
+  }
+  table_unlock(h);
+  return woken;
+}
+
+int pc_waiters(void *header, uint64_t byte_offset) {
+  struct pc_region_header *h = header;
+  uint32_t i;
+  int n = 0;
+  table_lock(h);
+  for (i = 0; i < h->slot_limit; i++)
+    if (is_waiting(atomic_load(&h->waiters[i].state)) &&
+        h->waiters[i].byte_offset == byte_offset)
+      n++;
+  table_unlock(h);
+  return n;
+}

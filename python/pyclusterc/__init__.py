@@ -1,0 +1,15 @@
+"""pyclusterc: Node.js's cluster and worker_threads for Python, on a C11 core."""
+from .atomics import Atomics
+from .shared import (BigInt64Array, BigUint64Array, Float32Array, Float64Array, Int8Array,
+                     Int16Array, Int32Array, SharedBuffer, TypedArray, Uint8Array, Uint16Array,
+                     Uint32Array)
+from .sync import Barrier, Condition, Mutex, Semaphore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Atomics", "SharedBuffer", "TypedArray",
+    "Int8Array", "Uint8Array", "Int16Array", "Uint16Array", "Int32Array", "Uint32Array",
+    "BigInt64Array", "BigUint64Array", "Float32Array", "Float64Array",
+    "Mutex", "Condition", "Semaphore", "Barrier",
+]
