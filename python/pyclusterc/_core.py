@@ -52,7 +52,9 @@ def timeout_ns(timeout, what="timeout"):
         return _FOREVER
     if timeout <= 0:
         return 0
-    return min(int(timeout * 1e9), _MAX_NS)
+    if timeout >= _MAX_NS / 1e9:  # compare first: 1e300 * 1e9 is inf, 10**400 no float
+        return _MAX_NS
+    return int(timeout * 1e9)
 
 
 def call_restarting(call, timeout_ns_value):

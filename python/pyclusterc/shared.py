@@ -21,6 +21,7 @@ __all__ = [
 _HEADER_SIZE = lib.pc_region_header_size()
 _ENDIAN = "<" if sys.byteorder == "little" else ">"
 _NAME_MAX = lib.pc_region_name_max()
+_SIZE_MAX = (1 << 64) - 1
 
 
 def _check_size(size):
@@ -49,7 +50,8 @@ class SharedBuffer(mmap.mmap):
         _check_size(size)
         if name is not None:
             _check_name(name)
-        fd = lib.pc_region_create(ffi.NULL if name is None else name.encode(), size)
+        # Sizes past uint64 are past any memory too: let C say ENOMEM for them.
+        fd = lib.pc_region_create(ffi.NULL if name is None else name.encode(), min(size, _SIZE_MAX))
         if fd < 0:
             label = f"SharedBuffer {name!r}" if name is not None else "SharedBuffer"
             if fd == ENOMEM:

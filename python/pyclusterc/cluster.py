@@ -1,0 +1,1032 @@
+"""``node:cluster`` for Python: a primary forks workers that share server ports.
+
+The primary accepts connections in C (csrc/dispatch.c, GIL released) and passes each
+one to a worker over the worker's channel (SCM_RIGHTS). Python here handles the
+lifecycle: forking, worker messages, exits, listen requests, shutdown.
+
+Primary side: ``fork``, ``workers``, ``run``, ``shutdown``, ``disconnect``, events.
+Worker side: ``worker`` (itself), ``listen`` (a Listener fed by the primary), ``worker.send``.
+"""
+import asyncio
+import collections
+import os
+import queue
+import signal
+import socket
+import struct
+import sys
+import threading
+import types
+
+from ._core import EAGAIN, EINTR, ffi, lib, os_error, timeout_ns
+from .channel import (KIND_CONN, KIND_CONTROL, KIND_DATA, Channel, ChannelClosed, dumps,
+                      loads)
+from .events import EventEmitter
+from .shared import BigUint64Array, SharedBuffer, Uint32Array
+
+__all__ = ["fork", "run", "shutdown", "disconnect", "setup_primary", "listen", "on", "once",
+           "off", "Worker", "Listener", "SCHEDULING_POLICIES"]
+
+SCHEDULING_POLICIES = ("rr", "least", "sticky", "none", "reuseport")
+_PRIMARY_ACCEPTS = {"rr": lib.PC_SCHED_RR, "least": lib.PC_SCHED_LEAST,
+                    "sticky": lib.PC_SCHED_STICKY}
+
+_ENV_ID = "PYCLUSTERC_WORKER_ID"
+_ENV_CHANNEL = "PYCLUSTERC_CHANNEL_FD"
+_ENV_PRIMARY = "PYCLUSTERC_PRIMARY_PID"
+_ENV_POLICY = "PYCLUSTERC_SCHED_POLICY"
+_ENV_SCOREBOARD = "PYCLUSTERC_SCOREBOARD_FD"
+_ENV_SLOT = "PYCLUSTERC_SCORE_SLOT"
+
+_SLOT_BYTES = 64
+_MAX_SLOTS = 1024
+# Score slot fields, as indexes into 32- and 64-bit views of a slot (see pc_dispatch.h).
+_U32_PID, _U32_STATE, _U32_INFLIGHT, _U32_CONNECTIONS = 0, 1, 6, 7
+_U64_HEARTBEAT, _U64_REQUESTS = 1, 2
+
+
+def _check_policy(name):
+    if name not in SCHEDULING_POLICIES:
+        raise ValueError(f"unknown scheduling policy {name!r}; use one of {', '.join(SCHEDULING_POLICIES)}")
+    return name
+
+
+# ---- addresses ------------------------------------------------------------------
+
+def parse_address(address, default_host="0.0.0.0"):
+    """Port | (host, port) | "host:port" | "[v6]:port" | "unix:/path" -> (family, sockaddr)."""
+    def bad():
+        return ValueError(f"invalid address {address!r}: use a port number, (host, port), "
+                          "'host:port', '[::1]:port' or 'unix:/path'")
+
+    if isinstance(address, bool):
+        raise bad()
+    if isinstance(address, int):
+        host, port = default_host, address
+    elif isinstance(address, tuple) and len(address) == 2 and isinstance(address[1], int):
+        host, port = address
+    elif isinstance(address, str) and address.startswith("unix:"):
+        path = address[5:]
+        if not path:
+            raise bad()
+        return socket.AF_UNIX, path
+    elif isinstance(address, str) and ":" in address:
+        host, _, port_text = address.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not port_text.isdigit():
+            raise bad()
+        port = int(port_text)
+    elif isinstance(address, str) and address.isdigit():
+        host, port = default_host, int(address)
+    else:
+        raise bad()
+    if not isinstance(host, str) or not 0 <= port <= 65535:
+        raise bad()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.inet_pton(family, host or "0.0.0.0")
+    except OSError:
+        if host != "localhost":
+            raise bad() from None
+        host = "127.0.0.1"
+    return family, (host, port)
+
+
+def bind_listener(family, sockaddr, backlog, reuseport=False, listen=True):
+    """A non-blocking, close-on-exec listening socket. OSError names the address."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family != socket.AF_UNIX:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(sockaddr)
+        if listen:
+            sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, f"cannot listen on {format_address(sockaddr)}: {e.strerror}") from None
+    return sock
+
+
+def format_address(sockaddr):
+    if isinstance(sockaddr, str):
+        return f"unix:{sockaddr}"
+    host, port = sockaddr[0], sockaddr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _decode_peer(conn_msg):
+    """The client address carried in a PC_MSG_CONN payload (struct pc_conn_msg)."""
+    listener_id, addr_len = struct.unpack_from("=II", conn_msg)
+    raw = conn_msg[8:8 + addr_len]
+    if addr_len >= 8:
+        family = struct.unpack_from("=H", raw)[0]
+        if family == socket.AF_INET:
+            port = struct.unpack_from("!H", raw, 2)[0]
+            return listener_id, (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
+        if family == socket.AF_INET6 and addr_len >= 24:
+            port = struct.unpack_from("!H", raw, 2)[0]
+            return listener_id, (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port)
+    return listener_id, ""
+
+
+# ---- the scoreboard: one shared slot per worker ------------------------------------
+
+class ScoreSlot:
+    """A worker's slot in the scoreboard; the primary's `least` policy reads it."""
+
+    def __init__(self, board, index):
+        self.index = index
+        self.u32 = Uint32Array(board, index * _SLOT_BYTES, _SLOT_BYTES // 4)
+        self.u64 = BigUint64Array(board, index * _SLOT_BYTES, _SLOT_BYTES // 8)
+
+    def connection_opened(self):
+        self.u32.add(_U32_CONNECTIONS, 1)
+        self.u64.add(_U64_REQUESTS, 1)
+
+    def connection_closed(self):
+        self.u32.sub(_U32_CONNECTIONS, 1)
+
+    def request_started(self):
+        self.u32.add(_U32_INFLIGHT, 1)
+
+    def request_finished(self):
+        self.u32.sub(_U32_INFLIGHT, 1)
+        self.u64.add(_U64_REQUESTS, 1)
+
+    def snapshot(self):
+        return {"pid": self.u32.load(_U32_PID), "inflight": self.u32.load(_U32_INFLIGHT),
+                "connections": self.u32.load(_U32_CONNECTIONS),
+                "requests": self.u64.load(_U64_REQUESTS)}
+
+
+class _TrackedSocket(socket.socket):
+    """An accepted connection that tells the scoreboard when it is closed."""
+
+    _slot = None
+
+    def close(self):
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.connection_closed()
+        super().close()
+
+
+# ---- primary side ---------------------------------------------------------------
+
+class Worker(EventEmitter):
+    """The primary's handle on a worker process (Node's cluster.Worker)."""
+
+    def __init__(self, state, worker_id, pid, process, channel, worker_end, slot):
+        super().__init__()
+        self._state_owner = state
+        self.id = worker_id
+        self.pid = pid
+        self.process = process
+        self.state = "none"
+        self.exited_after_disconnect = False
+        self.exit_code = None
+        self.signal_code = None
+        self.listening = []
+        self.ready = False
+        self._channel = channel
+        self._worker_end = worker_end  # kept so queued connections survive a crash
+        self._slot = slot
+        self._pidfd = None
+        self._disconnected = False
+
+    def __repr__(self):
+        return f"<Worker id={self.id} pid={self.pid} state={self.state}>"
+
+    def send(self, message):
+        """Send any picklable object; SharedBuffers and sockets travel by fd."""
+        if self.is_dead() or self._disconnected:
+            raise ChannelClosed(f"worker {self.id} is {'dead' if self.is_dead() else 'disconnected'}; "
+                                "message not sent")
+        self._channel.send_object(message, KIND_DATA)
+        return True
+
+    def kill(self, signal_name="SIGTERM"):
+        """Signal the worker (name or number); it counts as an intended exit."""
+        signum = _signal_number(signal_name)
+        self.exited_after_disconnect = True
+        if not self.is_dead():
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    destroy = kill
+
+    def disconnect(self):
+        """Ask the worker to close its listeners and exit once its work is done."""
+        self.exited_after_disconnect = True
+        if self.is_dead() or self._disconnected:
+            return
+        self.state = "disconnecting"
+        self._state_owner.stop_feeding(self)
+        try:
+            self._channel.send_object({"cmd": "disconnect"}, KIND_CONTROL)
+        except ChannelClosed:
+            pass
+
+    def is_connected(self):
+        return not self._disconnected and not self.is_dead()
+
+    def is_dead(self):
+        return self.exit_code is not None or self.signal_code is not None
+
+    def score(self):
+        return self._slot.snapshot() if self._slot else {}
+
+
+def _signal_number(sig):
+    if isinstance(sig, int) and not isinstance(sig, bool):
+        return sig
+    if isinstance(sig, str):
+        name = sig.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        if hasattr(signal, name):
+            return getattr(signal, name)
+    raise ValueError(f"unknown signal {sig!r}; use a name like 'SIGTERM' or a number")
+
+
+class _Server:
+    """A listening socket the primary owns for one address, shared by workers."""
+
+    def __init__(self, listener_id, sock, address):
+        self.id = listener_id
+        self.sock = sock
+        self.address = address
+        self.workers = set()
+
+
+class _Primary(EventEmitter):
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+        self.workers = {}
+        self.settings = {}
+        self.next_id = 1
+        self.next_listener = 1
+        self.policy = _check_policy(os.environ.get(_ENV_POLICY, "rr"))
+        self.dispatch = None
+        self.servers = {}             # address key -> _Server
+        self.tokens = {}              # watched fd token -> callback
+        self.next_token = 1
+        self.scoreboard = None
+        self.free_slots = list(range(_MAX_SLOTS - 1, -1, -1))
+        self.stop_requested = False
+        self.kill_deadline = None
+        self.events = ffi.new("struct pc_event[64]")
+
+    # -- setup -------------------------------------------------------------------
+    def ensure_dispatch(self):
+        if self.dispatch is None:
+            err = ffi.new("int *")
+            sched = _PRIMARY_ACCEPTS.get(self.policy, lib.PC_SCHED_RR)
+            d = lib.pc_dispatch_new(sched, err)
+            if d == ffi.NULL:
+                raise os_error(err[0], "cannot create the dispatch loop")
+            self.dispatch = ffi.gc(d, lib.pc_dispatch_free)
+            self.scoreboard = SharedBuffer(_SLOT_BYTES * _MAX_SLOTS)
+        return self.dispatch
+
+    def watch(self, fd, callback):
+        token = self.next_token
+        self.next_token += 1
+        rc = lib.pc_dispatch_watch(self.ensure_dispatch(), fd, token)
+        if rc < 0:
+            raise os_error(rc, f"cannot watch fd {fd}")
+        self.tokens[token] = callback
+        return token
+
+    # -- fork --------------------------------------------------------------------
+    def fork(self, env=None):
+        if env is not None and (not isinstance(env, dict) or
+                                not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+            raise TypeError("cluster.fork(env) takes a dict of str to str")
+        dispatch = self.ensure_dispatch()
+        worker_id = self.next_id
+        self.next_id += 1
+        fds = ffi.new("int[2]")
+        rc = lib.pc_channel_pair(fds)
+        if rc < 0:
+            raise os_error(rc, f"cannot create the channel for worker {worker_id}")
+        primary_end, worker_end = fds[0], fds[1]
+        slot_index = self.free_slots.pop()
+        board_fd = self.scoreboard.fileno()
+        child_env = dict(os.environ)
+        child_env.update(env or {})
+        child_env.update({_ENV_ID: str(worker_id), _ENV_CHANNEL: str(worker_end),
+                          _ENV_PRIMARY: str(os.getpid()), _ENV_POLICY: self.policy,
+                          _ENV_SCOREBOARD: str(board_fd), _ENV_SLOT: str(slot_index)})
+        try:
+            if self.settings.get("fork"):
+                pid, process = self._fork_preloaded(worker_id, primary_end, child_env), None
+            else:
+                process = self._spawn(worker_end, board_fd, child_env)
+                pid = process.pid
+        except BaseException:
+            os.close(primary_end)
+            os.close(worker_end)
+            self.free_slots.append(slot_index)
+            raise
+        slot = ScoreSlot(self.scoreboard, slot_index)
+        slot.u32.store(_U32_PID, pid)
+        worker = Worker(self, worker_id, pid, process, Channel(primary_end), worker_end, slot)
+        self.workers[worker_id] = worker
+        check_rc(lib.pc_dispatch_add_worker(dispatch, worker_id, primary_end,
+                                            ffi.cast("struct pc_score_slot *", slot.u32._ptr)),
+                 f"worker {worker_id}")
+        worker._pidfd = os.pidfd_open(pid)
+        worker._pidfd_token = self.watch(worker._pidfd, lambda w=worker: self.on_exit(w))
+        self.emit("fork", worker)
+        return worker
+
+    def _spawn(self, worker_end, board_fd, env):
+        import subprocess
+        argv = self.settings.get("exec")
+        if argv is None:
+            argv = [sys.executable, *sys.orig_argv[1:]]
+        elif isinstance(argv, str):
+            argv = [sys.executable, argv, *self.settings.get("args", [])]
+        return subprocess.Popen(argv, env=env, pass_fds=(worker_end, board_fd),
+                                cwd=self.settings.get("cwd"))
+
+    def _fork_preloaded(self, worker_id, primary_end, env):
+        target = self.settings.get("target")
+        pid = os.fork()
+        if pid:
+            return pid
+        # Child: become a worker of the (already imported) program, never return.
+        code = 0
+        try:
+            os.close(primary_end)
+            for other in self.workers.values():
+                other._channel.close()
+                os.close(other._worker_end)
+            for server in self.servers.values():
+                server.sock.close()
+            os.environ.update(env)
+            self.module._become_worker()
+            if target is not None:
+                target()
+            else:
+                _rerun_main()
+            worker_state = self.module._state
+            if isinstance(worker_state, _WorkerSelf):
+                worker_state.wait_until_disconnected_if_listening()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    # -- listen requests from workers ----------------------------------------------
+    def server_for(self, family, sockaddr, backlog):
+        key = (family, sockaddr)
+        server = self.servers.get(key)
+        if server is None:
+            for (fam, addr), existing in self.servers.items():
+                # listen(0) in several workers shares the first worker's port (Node).
+                if fam == family and isinstance(addr, tuple) and sockaddr[1] == 0 and addr[0] == sockaddr[0]:
+                    return existing
+            reuseport = self.policy == "reuseport"
+            sock = bind_listener(family, sockaddr, backlog, reuseport=reuseport, listen=not reuseport)
+            server = _Server(self.next_listener, sock, sock.getsockname())
+            self.next_listener += 1
+            self.servers[key] = server
+            if self.policy in _PRIMARY_ACCEPTS:
+                check_rc(lib.pc_dispatch_add_listener(self.ensure_dispatch(), server.id, sock.fileno()),
+                         f"listener {format_address(server.address)}")
+        return server
+
+    def handle_listen(self, worker, request):
+        reply = {"cmd": "listen_result", "req": request["req"]}
+        fds = []
+        try:
+            family, sockaddr = request["family"], request["address"]
+            server = self.server_for(family, sockaddr, request.get("backlog", 511))
+        except OSError as e:
+            reply.update(ok=False, errno=e.errno, message=e.strerror or str(e))
+        else:
+            reply.update(ok=True, listener_id=server.id, address=server.address, policy=self.policy)
+            if self.policy in _PRIMARY_ACCEPTS:
+                check_rc(lib.pc_dispatch_worker_listen(self.dispatch, worker.id, server.id),
+                         f"worker {worker.id}")
+            elif self.policy == "none":
+                fds = [server.sock.fileno()]
+            server.workers.add(worker.id)
+        payload, _ = dumps(reply)
+        worker._channel.send_bytes(payload, KIND_CONTROL, fds)
+        if reply["ok"]:
+            worker.listening.append(server.address)
+            worker.state = "listening"
+            worker.emit("listening", server.address)
+            self.emit("listening", worker, server.address)
+
+    def stop_feeding(self, worker):
+        """No new connections go to this worker (it is disconnecting)."""
+        if self.dispatch is not None:
+            lib.pc_dispatch_remove_worker(self.dispatch, worker.id)
+
+    # -- events ------------------------------------------------------------------
+    def on_worker_readable(self, worker):
+        while True:
+            try:
+                message = worker._channel.receive()
+            except ChannelClosed:
+                self.on_disconnect(worker)
+                return
+            if message is None:
+                return
+            kind, payload, fds = message
+            if kind == KIND_DATA:
+                obj = loads(payload, fds)
+                worker.emit("message", obj)
+                self.emit("message", worker, obj)
+            elif kind == KIND_CONTROL:
+                self.on_control(worker, loads(payload, fds))
+            elif kind == KIND_CONN:
+                self.redistribute(payload, fds)
+            else:
+                for fd in fds:
+                    os.close(fd)
+
+    def on_control(self, worker, request):
+        cmd = request.get("cmd")
+        if cmd == "online":
+            worker.state = "online"
+            worker.emit("online")
+            self.emit("online", worker)
+        elif cmd == "listen":
+            self.handle_listen(worker, request)
+        elif cmd == "ready":
+            worker.ready = True
+            worker.emit("ready")
+            self.emit("ready", worker)
+        elif cmd == "disconnected":
+            self.on_disconnect(worker)
+        elif cmd == "unlisten":
+            self.handle_unlisten(worker, request["listener_id"])
+
+    def handle_unlisten(self, worker, listener_id):
+        # The loop has no per-listener removal: re-register the worker for the rest.
+        lib.pc_dispatch_remove_worker(self.dispatch, worker.id)
+        check_rc(lib.pc_dispatch_add_worker(self.dispatch, worker.id, worker._channel.fd,
+                                            ffi.cast("struct pc_score_slot *", worker._slot.u32._ptr)),
+                 f"worker {worker.id}")
+        for server in self.servers.values():
+            if server.id == listener_id:
+                server.workers.discard(worker.id)
+            elif worker.id in server.workers:
+                lib.pc_dispatch_worker_listen(self.dispatch, worker.id, server.id)
+
+    def redistribute(self, payload, fds):
+        """A connection read back from a dead or leaving worker goes to another one."""
+        listener_id, addr_len = struct.unpack_from("=II", payload)
+        addr = ffi.from_buffer(payload[8:8 + addr_len] or b"\0")
+        for fd in fds:
+            rc = lib.pc_dispatch_hand_off(self.dispatch, listener_id, fd, addr, min(addr_len, len(payload) - 8))
+            if rc < 0 and rc != EAGAIN:  # on EAGAIN the loop keeps it and sends it later
+                os.close(fd)
+
+    def on_disconnect(self, worker):
+        if worker._disconnected:
+            return
+        worker._disconnected = True
+        self.stop_feeding(worker)
+        worker.emit("disconnect")
+        self.emit("disconnect", worker)
+
+    def on_exit(self, worker):
+        try:
+            _, status = os.waitpid(worker.pid, os.WNOHANG)
+        except ChildProcessError:
+            status = 0
+        if worker.process is not None and hasattr(worker.process, "returncode"):
+            worker.process.returncode = os.waitstatus_to_exitcode(status) if status else 0
+        if os.WIFSIGNALED(status):
+            worker.signal_code = signal.Signals(os.WTERMSIG(status)).name
+        else:
+            worker.exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0
+        lib.pc_dispatch_unwatch(self.dispatch, worker._pidfd)
+        self.tokens.pop(worker._pidfd_token, None)
+        os.close(worker._pidfd)
+        # Messages it sent before dying are delivered before 'exit' (Node's order).
+        self.on_worker_readable(worker)
+        self.on_disconnect(worker)
+        self.reclaim(worker)
+        worker.state = "dead"
+        del self.workers[worker.id]
+        for server in self.servers.values():
+            server.workers.discard(worker.id)
+        self.free_slots.append(worker._slot.index)
+        worker._slot.u32.store(_U32_INFLIGHT, 0)
+        worker._slot.u32.store(_U32_CONNECTIONS, 0)
+        code = worker.exit_code
+        worker.emit("exit", code, worker.signal_code)
+        self.emit("exit", worker, code, worker.signal_code)
+
+    def reclaim(self, worker):
+        """Read back the connections queued to a dead worker and hand them on."""
+        lib.pc_dispatch_remove_worker(self.dispatch, worker.id)
+        leftover = Channel(worker._worker_end)
+        while True:
+            try:
+                message = leftover.receive()
+            except (ChannelClosed, OSError):
+                break
+            if message is None:
+                break
+            kind, payload, fds = message
+            if kind == KIND_CONN:
+                self.redistribute(payload, fds)
+            else:
+                for fd in fds:
+                    os.close(fd)
+        leftover.close()
+        worker._channel.close()
+
+    # -- the loop ----------------------------------------------------------------
+    def run(self, idle_timeout=None):
+        dispatch = self.ensure_dispatch()
+        events = self.events
+        self.stop_requested = False
+        while self.workers and not self.stop_requested:
+            wait = 1_000_000_000 if self.kill_deadline else -1
+            n = lib.pc_dispatch_run(dispatch, wait, events, 64)
+            if n == EINTR:
+                continue  # Python signal handlers ran on the way here
+            if n < 0:
+                raise os_error(n, "dispatch loop")
+            for i in range(n):
+                kind, ident = events[i].kind, events[i].id
+                if kind == lib.PC_EVENT_FD:
+                    callback = self.tokens.get(ident)
+                    if callback:
+                        callback()
+                else:
+                    worker = self.workers.get(ident)
+                    if worker is None:
+                        continue
+                    if kind == lib.PC_EVENT_WORKER_READABLE:
+                        self.on_worker_readable(worker)
+                    else:
+                        self.on_disconnect(worker)
+            if self.kill_deadline is not None and _monotonic() >= self.kill_deadline:
+                for worker in list(self.workers.values()):
+                    worker.kill("SIGKILL")
+                self.kill_deadline = None
+
+    def disconnect(self):
+        for worker in list(self.workers.values()):
+            worker.disconnect()
+
+    def shutdown(self, timeout=None):
+        """Stop accepting, disconnect every worker, SIGKILL those left after timeout."""
+        for server in list(self.servers.values()):
+            if self.dispatch is not None and self.policy in _PRIMARY_ACCEPTS:
+                lib.pc_dispatch_remove_listener(self.dispatch, server.id)
+        self.disconnect()
+        if timeout is not None:
+            self.kill_deadline = _monotonic() + max(0.0, float(timeout))
+        if not self.workers:
+            self.stop_requested = True
+        # Once every worker has exited, run() returns.
+
+    def close_servers(self):
+        for server in self.servers.values():
+            server.sock.close()
+        self.servers.clear()
+
+
+def check_rc(rc, what):
+    if rc < 0:
+        raise os_error(rc, what)
+    return rc
+
+
+def _monotonic():
+    import time
+    return time.monotonic()
+
+
+def _rerun_main():
+    """Run the program's main module again, as a worker (Node's cluster.fork)."""
+    import runpy
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        runpy.run_module(spec.name, run_name="__main__", alter_sys=True)
+    else:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+
+
+# ---- worker side ----------------------------------------------------------------
+
+class Listener:
+    """What ``cluster.listen()`` returns in a worker: connections for one address.
+
+    Under rr/least/sticky they come from the primary over the channel; under
+    none/reuseport this wraps a listening socket the worker accepts on itself."""
+
+    def __init__(self, owner, address, listener_id=None, sock=None):
+        self._owner = owner
+        self.address = address
+        self.listener_id = listener_id
+        self._sock = sock
+        self._queue = collections.deque()
+        self._event = os.eventfd(0, os.EFD_SEMAPHORE | os.EFD_CLOEXEC | os.EFD_NONBLOCK) if sock is None else None
+        self.closed = False
+
+    def __repr__(self):
+        return f"<Listener {format_address(self.address)}>"
+
+    def fileno(self):
+        """Readable when a connection is waiting (for select/selectors/asyncio)."""
+        if self.closed:
+            raise ValueError("operation on a closed Listener")
+        return self._sock.fileno() if self._sock is not None else self._event
+
+    # Called by the worker's channel reader with each connection for this listener.
+    def _deliver(self, sock, peer):
+        if self.closed:
+            self._owner.return_connection(sock, self.listener_id)
+            return
+        self._queue.append((sock, peer))
+        os.eventfd_write(self._event, 1)
+
+    def _take(self):
+        os.eventfd_read(self._event)
+        return self._queue.popleft()
+
+    def accept(self, timeout=None):
+        """Block until a connection arrives: returns (socket, address)."""
+        if self.closed:
+            raise ValueError("accept() on a closed Listener")
+        if self._sock is not None:
+            self._sock.settimeout(timeout)
+            try:
+                conn, peer = self._sock.accept()
+            finally:
+                if not self.closed:
+                    self._sock.setblocking(False)
+            return self._owner.track(conn), peer
+        import select
+        while True:
+            try:
+                return self._take()
+            except BlockingIOError:
+                pass
+            ready, _, _ = select.select([self._event], [], [], timeout)
+            if not ready:
+                raise TimeoutError(f"no connection on {self!r} within {timeout} s")
+            if self.closed:
+                raise ValueError("the Listener was closed")
+
+    def __iter__(self):
+        while not self.closed:
+            try:
+                yield self.accept()
+            except ValueError:
+                if self.closed:
+                    return
+                raise
+
+    async def accept_async(self):
+        loop = asyncio.get_running_loop()
+        if self._sock is not None:
+            conn, peer = await loop.sock_accept(self._sock)
+            return self._owner.track(conn), peer
+        while True:
+            try:
+                return self._take()
+            except BlockingIOError:
+                pass
+            ready = loop.create_future()
+            loop.add_reader(self._event, lambda: ready.done() or ready.set_result(None))
+            try:
+                await ready
+            finally:
+                loop.remove_reader(self._event)
+
+    async def serve(self, protocol_factory):
+        """Serve every connection with an asyncio protocol until the listener closes."""
+        loop = asyncio.get_running_loop()
+        while not self.closed:
+            conn, _ = await self.accept_async()
+            await loop.connect_accepted_socket(protocol_factory, conn)
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        if self._sock is not None:
+            self._sock.close()
+        else:
+            self._owner.unlisten(self)
+            while self._queue:
+                sock, _ = self._queue.popleft()
+                self._owner.return_connection(sock, self.listener_id)
+            os.close(self._event)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _WorkerSelf(EventEmitter):
+    """``cluster.worker`` inside a worker process."""
+
+    def __init__(self, worker_id, channel, slot, policy):
+        super().__init__()
+        self.id = worker_id
+        self.process = types.SimpleNamespace(pid=os.getpid())
+        self.pid = os.getpid()
+        self.state = "online"
+        self.exited_after_disconnect = False
+        self._channel = channel
+        self._slot = slot
+        self._policy = policy
+        self._listeners = {}
+        self._pending = {}
+        self._next_req = 1
+        self._disconnected = threading.Event()
+        self._reader = threading.Thread(target=self._read_loop, name="pyclusterc-channel", daemon=True)
+        self._reader.start()
+        channel.send_object({"cmd": "online"}, KIND_CONTROL)
+
+    def send(self, message):
+        if self._disconnected.is_set():
+            raise ChannelClosed(f"worker {self.id} is disconnected from the primary; message not sent")
+        self._channel.send_object(message, KIND_DATA)
+        return True
+
+    def is_connected(self):
+        return not self._disconnected.is_set()
+
+    def is_dead(self):
+        return False
+
+    def kill(self, signal_name="SIGTERM"):
+        os.kill(os.getpid(), _signal_number(signal_name))
+
+    def disconnect(self):
+        """Close every listener, tell the primary, and stop talking to it."""
+        if self._disconnected.is_set():
+            return
+        self.exited_after_disconnect = True
+        for listener in list(self._listeners.values()):
+            listener.close()
+        try:
+            self._channel.send_object({"cmd": "disconnected"}, KIND_CONTROL)
+        except (ChannelClosed, OSError):
+            pass
+        self._disconnected.set()
+        self.emit("disconnect")
+
+    def wait_until_disconnected_if_listening(self):
+        if self._listeners:
+            self._disconnected.wait()
+
+    def track(self, sock):
+        if self._slot is not None:
+            self._slot.connection_opened()
+        return sock
+
+    # -- listening -------------------------------------------------------------------
+    def listen(self, address, backlog=511):
+        family, sockaddr = parse_address(address)
+        if self._policy == "reuseport" and family == socket.AF_UNIX:
+            raise ValueError("the reuseport policy needs a TCP address, not a Unix socket")
+        reply, fds = self._request({"cmd": "listen", "family": family, "address": sockaddr,
+                                    "backlog": backlog})
+        if not reply["ok"]:
+            raise OSError(reply["errno"], f"cannot listen on {format_address(sockaddr)}: {reply['message']}")
+        address = reply["address"]
+        if reply["policy"] == "none":
+            sock = socket.socket(fileno=fds[0])
+            sock.setblocking(False)
+            listener = Listener(self, address, sock=sock)
+        elif reply["policy"] == "reuseport":
+            listener = Listener(self, address, sock=bind_listener(family, address, backlog, reuseport=True))
+        else:
+            listener = Listener(self, address, listener_id=reply["listener_id"])
+        self._listeners[reply["listener_id"]] = listener
+        return listener
+
+    def unlisten(self, listener):
+        self._listeners.pop(listener.listener_id, None)
+        if not self._disconnected.is_set():
+            self._channel.send_object({"cmd": "unlisten", "listener_id": listener.listener_id}, KIND_CONTROL)
+
+    def return_connection(self, sock, listener_id):
+        """A connection that reached a closed listener goes back to the primary."""
+        try:
+            self._channel.send_bytes(struct.pack("=II", listener_id, 0), KIND_CONN, [sock.fileno()])
+        finally:
+            sock.close()
+
+    def _request(self, message):
+        req = self._next_req
+        self._next_req += 1
+        message["req"] = req
+        answer = queue.SimpleQueue()
+        self._pending[req] = answer
+        self._channel.send_object(message, KIND_CONTROL)
+        return answer.get()
+
+    # -- the channel reader thread ---------------------------------------------------
+    def _read_loop(self):
+        channel = self._channel
+        try:
+            while True:
+                channel.wait_readable()
+                while True:
+                    message = channel.receive()
+                    if message is None:
+                        break
+                    self._route(*message)
+        except (ChannelClosed, OSError):
+            pass
+        # The primary is gone: a worker does not outlive it.
+        self._disconnected.set()
+        os._exit(0)
+
+    def _route(self, kind, payload, fds):
+        if kind == KIND_CONN:
+            listener_id, peer = _decode_peer(payload)
+            listener = self._listeners.get(listener_id)
+            sock = _TrackedSocket(fileno=fds[0])
+            sock._slot = self._slot
+            if self._slot is not None:
+                self._slot.connection_opened()
+            if listener is None:
+                self.return_connection(sock, listener_id)
+            else:
+                listener._deliver(sock, peer)
+        elif kind == KIND_CONTROL:
+            message = loads(payload, fds)
+            cmd = message.get("cmd")
+            if cmd == "listen_result":
+                waiter = self._pending.pop(message["req"], None)
+                if waiter is not None:
+                    waiter.put((message, fds))
+            elif cmd == "disconnect":
+                self.disconnect()
+        elif kind == KIND_DATA:
+            self.emit("message", loads(payload, fds))
+        else:
+            for fd in fds:
+                os.close(fd)
+
+
+# ---- the module object: node:cluster's properties --------------------------------
+
+class _ClusterModule(types.ModuleType):
+    @property
+    def is_worker(self):
+        return isinstance(self._state, _WorkerSelf)
+
+    @property
+    def is_primary(self):
+        return not self.is_worker
+
+    is_master = is_primary
+
+    @property
+    def worker(self):
+        return self._state if self.is_worker else None
+
+    @property
+    def workers(self):
+        return dict(self._state.workers) if self.is_primary else {}
+
+    @property
+    def settings(self):
+        return dict(self._state.settings) if self.is_primary else {}
+
+    @property
+    def scheduling_policy(self):
+        return self._state.policy if self.is_primary else self._state._policy
+
+    @scheduling_policy.setter
+    def scheduling_policy(self, name):
+        if self.is_worker:
+            raise RuntimeError("scheduling_policy is set in the primary")
+        if self._state.dispatch is not None:
+            raise RuntimeError("set scheduling_policy before the first fork()")
+        self._state.policy = _check_policy(name)
+
+    def _primary(self, what):
+        if self.is_worker:
+            raise RuntimeError(f"cluster.{what}() is only available in the primary; this is worker {self._state.id}")
+        return self._state
+
+    def setup_primary(self, **settings):
+        """exec (script path or argv list), args, cwd, fork (bool: fork this process
+        instead of starting the script again), target (callable run by forked workers),
+        scheduling_policy."""
+        state = self._primary("setup_primary")
+        known = {"exec", "args", "cwd", "fork", "target", "scheduling_policy", "silent"}
+        unknown = set(settings) - known
+        if unknown:
+            raise TypeError(f"unknown setting(s) {', '.join(sorted(unknown))}; accepted: {', '.join(sorted(known))}")
+        if "scheduling_policy" in settings:
+            self.scheduling_policy = settings.pop("scheduling_policy")
+        state.settings.update(settings)
+        state.emit("setup", dict(state.settings))
+
+    setup_master = setup_primary
+
+    def fork(self, env=None):
+        return self._primary("fork").fork(env)
+
+    def run(self):
+        return self._primary("run").run()
+
+    def shutdown(self, timeout=None):
+        if timeout is not None:
+            timeout_ns(timeout, "shutdown timeout")
+        return self._primary("shutdown").shutdown(timeout)
+
+    def disconnect(self, callback=None):
+        if self.is_worker:
+            return self._state.disconnect()
+        state = self._state
+        if callback is not None:
+            remaining = set(state.workers)
+            if not remaining:
+                callback()
+
+            def one_gone(worker, *args):
+                remaining.discard(worker.id)
+                if not remaining:
+                    state.off("exit", one_gone)
+                    callback()
+            state.on("exit", one_gone)
+        state.disconnect()
+
+    def listen(self, address, backlog=511):
+        """In a worker: a Listener the primary feeds. In the primary: a plain
+        listening socket wrapped as a Listener (Node lets the primary listen too)."""
+        if self.is_worker:
+            return self._state.listen(address, backlog)
+        family, sockaddr = parse_address(address)
+        sock = bind_listener(family, sockaddr, backlog)
+        return Listener(_PrimaryOwner, sock.getsockname(), sock=sock)
+
+    def on(self, event, callback):
+        self._state.on(event, callback)
+        return self
+
+    def once(self, event, callback):
+        self._state.once(event, callback)
+        return self
+
+    def off(self, event, callback):
+        self._state.off(event, callback)
+        return self
+
+    def _become_worker(self):
+        """Set this process up as a worker from the PYCLUSTERC_* environment."""
+        worker_id = int(os.environ[_ENV_ID])
+        channel_fd = int(os.environ.pop(_ENV_CHANNEL))
+        primary_pid = int(os.environ.get(_ENV_PRIMARY, "0"))
+        policy = os.environ.get(_ENV_POLICY, "rr")
+        # Die with the primary; a primary already gone means exit now.
+        if primary_pid and lib.pc_die_with_parent(signal.SIGKILL, primary_pid) < 0:
+            os._exit(1)
+        slot = None
+        board_fd = os.environ.pop(_ENV_SCOREBOARD, None)
+        if board_fd is not None:
+            board = SharedBuffer._from_fd(int(board_fd))
+            slot = ScoreSlot(board, int(os.environ.pop(_ENV_SLOT)))
+        self._state = _WorkerSelf(worker_id, Channel(channel_fd), slot, policy)
+
+
+class _PrimaryOwner:
+    """Listener owner for a socket the primary listens on itself."""
+
+    @staticmethod
+    def track(sock):
+        return sock
+
+
+_module = sys.modules[__name__]
+_module.__class__ = _ClusterModule
+_module._state = _Primary(_module)
+if _ENV_ID in os.environ and _ENV_CHANNEL in os.environ:
+    _module._become_worker()

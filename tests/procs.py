@@ -1,0 +1,112 @@
+"""Running real cluster processes in tests: own session, JSON event lines, always killed."""
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+APPS = os.path.join(os.path.dirname(__file__), "apps")
+
+
+class ClusterProcess:
+    """A primary started from tests/apps (or any argv) under its own session.
+
+    Its stdout JSON lines are collected as events; on exit the whole process group
+    is SIGKILLed and reaped, whatever the test did."""
+
+    def __init__(self, argv, env=None):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     start_new_session=True, env={**os.environ, **(env or {})})
+        self.events = []
+        self._lines = queue.Queue()
+        self.stderr = []
+        threading.Thread(target=self._read, args=(self.proc.stdout, self._lines), daemon=True).start()
+        threading.Thread(target=self._read_err, daemon=True).start()
+
+    @classmethod
+    def app(cls, name, *args, **kw):
+        return cls([sys.executable, os.path.join(APPS, name), *map(str, args)], **kw)
+
+    @staticmethod
+    def _read(stream, out):
+        for line in stream:
+            out.put(line.decode(errors="replace").rstrip("\n"))
+        out.put(None)
+
+    def _read_err(self):
+        for line in self.proc.stderr:
+            self.stderr.append(line.decode(errors="replace"))
+
+    def wait_for(self, event, timeout=20, **match):
+        """The first event named `event` (matching fields) not yet consumed."""
+        deadline = time.monotonic() + timeout
+        for seen in self.events:
+            if seen.get("event") == event and all(seen.get(k) == v for k, v in match.items()) \
+                    and not seen.get("_taken"):
+                seen["_taken"] = True
+                return seen
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {event} {match} within {timeout}s; events: {self.events}; "
+                                     f"stderr: {''.join(self.stderr)[-2000:]}")
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(f"process ended before {event}; events: {self.events}; "
+                                     f"stderr: {''.join(self.stderr)[-2000:]}")
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            self.events.append(record)
+            if record.get("event") == event and all(record.get(k) == v for k, v in match.items()):
+                record["_taken"] = True
+                return record
+
+    def signal(self, signum):
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout=20):
+        return self.proc.wait(timeout)
+
+    def kill(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
+
+
+def pid_alive(pid):
+    """True while pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def http_get(port, timeout=10):
+    """One request on a new connection; returns the body."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.split(b"\r\n\r\n", 1)[1].decode()

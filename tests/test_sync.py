@@ -1,0 +1,412 @@
+"""Mutex, Condition, Semaphore and Barrier in a SharedBuffer, across threads and processes."""
+import signal
+import threading
+import time
+
+import pytest
+
+from conftest import poll
+from pyclusterc import Atomics, Barrier, Condition, Int32Array, Mutex, Semaphore, SharedBuffer
+
+ALL = [Mutex, Semaphore, Barrier]
+
+
+def make(cls, buf, offset=0):
+    if cls is Barrier:
+        return Barrier(buf, offset, 2)
+    return cls(buf, offset)
+
+
+# ---- bad inputs ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls", ALL)
+def test_bad_placement(cls):
+    buf = SharedBuffer(64)
+    with pytest.raises(TypeError):
+        make(cls, bytearray(64))
+    with pytest.raises(TypeError):
+        make(cls, buf, 4.0)
+    for offset in (1, 2, -4, 64, 64 - cls.BYTES + 4):
+        with pytest.raises(ValueError) as e:
+            make(cls, buf, offset)
+        assert "\n" not in str(e.value)
+    assert make(cls, buf, 64 - cls.BYTES).byte_offset == 64 - cls.BYTES
+    closed = SharedBuffer(64)
+    closed.close()
+    with pytest.raises(ValueError):
+        make(cls, closed)
+
+
+def test_sizes():
+    assert (Mutex.BYTES, Condition.BYTES, Semaphore.BYTES, Barrier.BYTES) == (4, 8, 8, 12)
+
+
+def test_primitive_pins_its_buffer():
+    buf = SharedBuffer(16)
+    m = Mutex(buf)
+    with pytest.raises(BufferError):
+        buf.close()
+    del m
+    buf.close()
+
+
+# ---- Mutex ----------------------------------------------------------------------------------
+
+def test_mutex_basics():
+    buf = SharedBuffer(8)
+    m = Mutex(buf)
+    assert not m.locked()
+    assert m.acquire() is True
+    assert m.locked()
+    assert m.acquire(blocking=False) is False
+    start = time.monotonic()
+    assert m.acquire(timeout=0.1) is False
+    assert 0.1 <= time.monotonic() - start < 1.5
+    assert m.acquire(timeout=0) is False
+    assert m.acquire(timeout=-1) is False
+    m.release()
+    assert not m.locked()
+    with pytest.raises(RuntimeError):
+        m.release()
+    with m:
+        assert m.locked()
+        # another object over the same bytes is the same lock
+        assert Mutex(buf, 0).acquire(blocking=False) is False
+    assert not m.locked()
+    with pytest.raises(TypeError):
+        m.acquire(timeout="1")
+
+
+def test_mutex_across_threads():
+    m = Mutex(SharedBuffer(4))
+    m.acquire()
+    got = []
+    t = threading.Thread(target=lambda: got.append(m.acquire(timeout=10)))
+    t.start()
+    time.sleep(0.05)
+    assert got == []
+    m.release()
+    t.join(10)
+    assert got == [True]
+    m.release()
+
+
+def test_mutex_across_processes(fork):
+    buf = SharedBuffer(8)
+    m = Mutex(buf)
+    flag = Int32Array(buf, 4, 1)
+
+    def child():
+        m.acquire()
+        Atomics.store(flag, 0, 1)
+        Atomics.notify(flag, 0)
+        Atomics.wait(flag, 0, 1, 20)  # hold until the parent says so
+        m.release()
+
+    proc = fork(child)
+    while Atomics.load(flag, 0) != 1:
+        Atomics.wait(flag, 0, 0, 20)
+    assert m.acquire(timeout=0.05) is False
+    Atomics.store(flag, 0, 2)
+    Atomics.notify(flag, 0)
+    assert m.acquire(timeout=20) is True
+    m.release()
+    assert proc.join() == 0
+
+
+def test_mutex_counter_across_processes_exact(fork):
+    """A non-atomic read-modify-write under the Mutex: exact only if it excludes."""
+    buf = SharedBuffer(16)
+    m = Mutex(buf)
+    counter = Int32Array(buf, 8, 1)
+    n = 50_000
+
+    def child():
+        for _ in range(n):
+            with m:
+                value = counter[0]
+                counter[0] = value + 1
+
+    procs = [fork(child), fork(child)]
+    for proc in procs:
+        assert proc.join(timeout=60) == 0
+    assert counter[0] == 2 * n
+    assert not m.locked()
+
+
+def test_mutex_acquire_survives_signals():
+    m = Mutex(SharedBuffer(4))
+    m.acquire()
+    count = []
+    old = signal.signal(signal.SIGUSR1, lambda *a: count.append(1))
+    main = threading.main_thread().ident
+
+    def send():
+        for _ in range(3):
+            time.sleep(0.05)
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+    t = threading.Thread(target=send)
+    try:
+        t.start()
+        start = time.monotonic()
+        assert m.acquire(timeout=0.5) is False
+        assert 0.5 <= time.monotonic() - start < 2
+    finally:
+        t.join(10)
+        signal.signal(signal.SIGUSR1, old)
+    assert len(count) == 3
+
+
+# ---- Condition ------------------------------------------------------------------------------
+
+def test_condition_bad_inputs():
+    buf = SharedBuffer(16)
+    m = Mutex(buf)
+    with pytest.raises(TypeError):
+        Condition(buf, 4, "mutex")
+    with pytest.raises(ValueError):
+        Condition(buf, 12, m)  # 8 bytes do not fit
+    c = Condition(buf, 4, m)
+    with pytest.raises(RuntimeError):
+        c.wait(0)
+    with pytest.raises(ValueError):
+        c.notify(-1)
+    with pytest.raises(ValueError):
+        c.notify(1.0)
+
+
+def test_condition_timeout():
+    buf = SharedBuffer(16)
+    c = Condition(buf, 4, Mutex(buf))
+    with c:
+        start = time.monotonic()
+        assert c.wait(0.1) is False
+        assert 0.1 <= time.monotonic() - start < 1.5
+        assert c.mutex.locked()
+        assert c.wait_for(lambda: False, 0.05) is False
+        assert c.wait(0) is False
+
+
+def test_condition_notify_one_and_all_threads():
+    buf = SharedBuffer(16)
+    c = Condition(buf, 4, Mutex(buf))
+    state = Int32Array(buf, 12, 1)
+    done = []
+
+    def waiter():
+        with c:
+            done.append(c.wait_for(lambda: state[0] > 0, 10))
+
+    threads = [threading.Thread(target=waiter) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    assert done == []
+    with c:
+        state[0] = 1
+        c.notify(1)
+    poll(lambda: len(done) >= 1)
+    with c:
+        c.notify_all()
+    for t in threads:
+        t.join(10)
+    assert done == [True] * 3
+    c.notify(10 ** 30)  # any count
+
+
+def test_condition_across_processes(fork):
+    buf = SharedBuffer(16)
+    c = Condition(buf, 4, Mutex(buf))
+    state = Int32Array(buf, 12, 1)
+
+    def child():
+        with c:
+            ok = c.wait_for(lambda: state[0] == 7, 20)
+            state[0] = 8
+            c.notify_all()
+        return 0 if ok else 1
+
+    proc = fork(child)
+    time.sleep(0.05)
+    with c:
+        state[0] = 7
+        c.notify_all()
+        assert c.wait_for(lambda: state[0] == 8, 20)
+    assert proc.join() == 0
+
+
+# ---- Semaphore --------------------------------------------------------------------------------
+
+def test_semaphore_basics():
+    buf = SharedBuffer(16)
+    s = Semaphore(buf, 0, 2)
+    assert s.value == 2
+    assert s.acquire() and s.acquire()
+    assert s.value == 0
+    assert s.acquire(blocking=False) is False
+    start = time.monotonic()
+    assert s.acquire(timeout=0.1) is False
+    assert 0.1 <= time.monotonic() - start < 1.5
+    s.release(3)
+    assert Semaphore(buf, 0).value == 3  # None attaches without resetting
+    with s:
+        assert s.value == 2
+    assert s.value == 3
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, "1", 2 ** 31])
+def test_semaphore_bad_value(value):
+    with pytest.raises(ValueError):
+        Semaphore(SharedBuffer(8), 0, value)
+
+
+def test_semaphore_bad_release():
+    s = Semaphore(SharedBuffer(8), 0, 0)
+    for n in (0, -1, 1.0):
+        with pytest.raises(ValueError):
+            s.release(n)
+    s.release(2 ** 31 - 1)
+    s.release(2 ** 31)
+    with pytest.raises(ValueError) as e:
+        s.release(2)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError):
+        s.release(2 ** 40)
+
+
+def test_semaphore_release_wakes_threads():
+    s = Semaphore(SharedBuffer(8), 0, 0)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(s.acquire(timeout=10))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    assert got == []
+    s.release(3)
+    for t in threads:
+        t.join(10)
+    assert got == [True] * 3
+    assert s.value == 0
+
+
+def test_semaphore_producer_consumer_across_processes(fork):
+    buf = SharedBuffer(16)
+    items = Semaphore(buf, 0, 0)
+    consumed = Int32Array(buf, 8, 1)
+    n = 2000
+
+    def consumer():
+        for _ in range(n):
+            if not items.acquire(timeout=20):
+                return 1
+            Atomics.add(consumed, 0, 1)
+
+    proc = fork(consumer)
+    for _ in range(n):
+        items.release()
+    assert proc.join() == 0
+    assert consumed[0] == n and items.value == 0
+
+
+# ---- Barrier ------------------------------------------------------------------------------------
+
+def test_barrier_bad_inputs():
+    buf = SharedBuffer(32)
+    for parties in (0, -1, 1.5, 1 << 16, None):
+        with pytest.raises(ValueError):
+            Barrier(buf, 0, parties)
+    Barrier(buf, 0, 3)
+    Barrier(buf, 0, 3)  # attach
+    with pytest.raises(ValueError) as e:
+        Barrier(buf, 0, 4)
+    assert "\n" not in str(e.value)
+
+
+def test_barrier_one_party():
+    b = Barrier(SharedBuffer(12), 0, 1)
+    assert [b.wait(0) for _ in range(3)] == [0, 0, 0]
+
+
+def test_barrier_threads_many_rounds():
+    b = Barrier(SharedBuffer(12), 0, 3)
+    seen = []
+    lock = threading.Lock()
+
+    def party():
+        for r in range(50):
+            index = b.wait(10)
+            with lock:
+                seen.append((r, index))
+
+    threads = [threading.Thread(target=party) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(seen) == 150
+    for r in range(50):
+        assert sorted(i for rr, i in seen if rr == r) == [0, 1, 2]
+
+
+def test_barrier_across_processes(fork):
+    buf = SharedBuffer(16)
+    b = Barrier(buf, 0, 3)
+    stage = Int32Array(buf, 12, 1)
+    rounds = 200
+
+    def party():
+        for r in range(rounds):
+            if Atomics.load(stage, 0) != r:
+                return 1  # passed the barrier before the others reached it
+            b.wait(20)
+            if b.wait(20) == 2:  # one party advances the round
+                Atomics.add(stage, 0, 1)
+            b.wait(20)
+
+    procs = [fork(party), fork(party)]
+    assert party() is None
+    for proc in procs:
+        assert proc.join() == 0
+    assert stage[0] == rounds
+
+
+def test_barrier_timeout_breaks_it():
+    b = Barrier(SharedBuffer(12), 0, 3)
+    errors = []
+
+    def other():
+        try:
+            b.wait(10)
+        except threading.BrokenBarrierError:
+            errors.append("broken")
+
+    t = threading.Thread(target=other)
+    t.start()
+    start = time.monotonic()
+    with pytest.raises(threading.BrokenBarrierError):
+        b.wait(0.1)
+    assert 0.1 <= time.monotonic() - start < 1.5
+    t.join(10)
+    assert errors == ["broken"]
+    assert b.broken
+    with pytest.raises(threading.BrokenBarrierError):
+        b.wait(1)
+
+
+def test_barrier_timeout_across_processes(fork):
+    buf = SharedBuffer(12)
+    b = Barrier(buf, 0, 3)
+
+    def child():
+        try:
+            b.wait(20)
+        except threading.BrokenBarrierError:
+            return 0
+        return 1
+
+    proc = fork(child)
+    time.sleep(0.05)
+    with pytest.raises(threading.BrokenBarrierError):
+        b.wait(0.1)
+    assert proc.join() == 0
