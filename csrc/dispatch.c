@@ -50,6 +50,7 @@ struct worker {
   int fd;
   struct pc_score_slot *slot;
   uint64_t handed;
+  uint64_t batched;      /* chosen in the batch being built, not sent yet */
   uint32_t epoll_events; /* what it is registered for; 0 = not in epoll */
   int full;              /* last send got EAGAIN; waiting for EPOLLOUT */
   int dead;              /* hung up or EPIPE: never chosen again */
@@ -60,6 +61,7 @@ struct listener {
   uint32_t id;
   int fd;
   int polled;  /* registered in epoll */
+  int broken;  /* accept4 failed for good (e.g. shut down): never polled again */
   size_t rr;   /* index into members of the next worker to try */
   struct worker **members;
   size_t nmembers, cap_members;
@@ -149,7 +151,7 @@ static void listener_update(struct pc_dispatch *d, struct listener *l) {
   struct epoll_event ev = {0};
   int want = 0;
   size_t i;
-  if (l->npending == 0 && d->accept_paused_until == 0)
+  if (l->npending == 0 && d->accept_paused_until == 0 && !l->broken)
     for (i = 0; i < l->nmembers && !want; i++) want = available(l->members[i]);
   if (want == l->polled) return;
   ev.events = EPOLLIN;
@@ -162,6 +164,8 @@ static void listener_update(struct pc_dispatch *d, struct listener *l) {
 
 /* ---- policies -------------------------------------------------------------- */
 
+/* What least compares: what the worker reports plus what is queued to it (sent
+ * and not yet taken, or chosen in this batch). */
 static uint64_t load_of(const struct worker *w) {
   uint64_t load = w->handed;
   if (w->slot != NULL) {
@@ -171,7 +175,7 @@ static uint64_t load_of(const struct worker *w) {
            atomic_load_explicit((_Atomic uint32_t *)&w->slot->inflight, memory_order_relaxed) +
            atomic_load_explicit((_Atomic uint32_t *)&w->slot->connections, memory_order_relaxed);
   }
-  return load;
+  return load + w->batched;
 }
 
 /* FNV-1a over the client's IP, not its port; an IPv4-mapped IPv6 address hashes as
@@ -202,12 +206,14 @@ static struct worker *choose(struct pc_dispatch *d, struct listener *l, const st
   for (i = 0; i < n; i++) {
     size_t at = (start + i) % n;
     struct worker *w = l->members[at];
+    uint64_t load;
     if (!available(w)) continue;
     if (d->sched != PC_SCHED_LEAST) {
       best = at;
       break;
     }
-    if (load_of(w) < best_load) best_load = load_of(w), best = at;
+    load = load_of(w);
+    if (load < best_load) best_load = load, best = at;
   }
   if (best == SIZE_MAX) return NULL;
   if (d->sched != PC_SCHED_STICKY) l->rr = best + 1;
@@ -236,8 +242,10 @@ static size_t send_to_worker(struct pc_dispatch *d, struct listener *l, struct w
     int r = sendmmsg(w->fd, d->msgs + sent, (unsigned)(n - sent), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (r > 0) {
       sent += (size_t)r;
-    } else if (r < 0 && errno != EINTR) {
-      if (pc__channel_send_error(errno) == -EAGAIN)
+    } else if (r == 0 || errno != EINTR) {
+      /* ETOOMANYREFS: more fds in flight than our RLIMIT_NOFILE (unix(7)); the
+       * worker is fine, so wait as for a full channel rather than drop it. */
+      if (r < 0 && (pc__channel_send_error(errno) == -EAGAIN || errno == ETOOMANYREFS))
         w->full = 1;
       else
         w->dead = 1; /* EPIPE, or an fd Python closed under us: stop choosing it */
@@ -255,10 +263,11 @@ static size_t send_to_worker(struct pc_dispatch *d, struct listener *l, struct w
  * marks a worker full/dead, so it ends. */
 static size_t dispatch_conns(struct pc_dispatch *d, struct listener *l, struct conn *conns, size_t n) {
   while (n > 0) {
-    size_t assigned = 0, i, j, left = 0, progress = 0;
+    size_t assigned = 0, i, j, left = 0;
     for (i = 0; i < n; i++) {
       d->owner[i] = choose(d, l, &conns[i]);
       if (d->owner[i] == NULL) break;
+      d->owner[i]->batched++;
       assigned++;
     }
     if (assigned == 0) break;
@@ -267,17 +276,16 @@ static size_t dispatch_conns(struct pc_dispatch *d, struct listener *l, struct c
       struct worker *w = d->owner[i];
       size_t count = 0, sent;
       if (w == NULL) continue;
+      w->batched = 0;
       for (j = i; j < assigned; j++)
         if (d->owner[j] == w) d->index[count++] = j;
       sent = send_to_worker(d, l, w, conns, d->index, count);
       for (j = 0; j < count; j++) d->owner[d->index[j]] = NULL;
       for (j = 0; j < sent; j++) conns[d->index[j]].fd = -1;
-      progress += sent;
     }
     for (i = 0; i < n; i++)
       if (conns[i].fd >= 0) conns[left++] = conns[i];
     n = left;
-    (void)progress;
   }
   return n;
 }
@@ -323,8 +331,9 @@ static void listeners_wake(struct pc_dispatch *d, struct worker *w) {
 /* ---- accepting ------------------------------------------------------------- */
 
 static void accept_batch(struct pc_dispatch *d, struct listener *l) {
-  size_t n = 0, left;
-  while (n < BATCH) {
+  size_t n = 0, left, tries;
+  /* bounded: a run of per-connection errors cannot keep us here */
+  for (tries = 0; n < BATCH && tries < 2 * BATCH; tries++) {
     struct conn *c = &d->batch[n];
     socklen_t len = sizeof c->addr;
     int fd = accept4(l->fd, (struct sockaddr *)&c->addr, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -341,10 +350,15 @@ static void accept_batch(struct pc_dispatch *d, struct listener *l) {
       d->accept_paused_until = pc__deadline(EMFILE_PAUSE_NS);
       break;
     }
-    /* EAGAIN: drained. Anything else (ECONNABORTED, network errors accept4
-     * passes on, a listener Python closed) ends this batch; a persistent error
-     * reports readable again, so it is retried on the next wake. */
-    if (errno != ECONNABORTED && errno != EPROTO && errno != EPERM) break;
+    /* ECONNABORTED and the network errors accept4 passes on (accept(2)) concern
+     * one connection: go on. EAGAIN: drained. Anything else on the first accept
+     * (EINVAL after shutdown(), EBADF) would report readable forever. */
+    if (errno == ECONNABORTED || errno == EPROTO || errno == EPERM || errno == ENETDOWN ||
+        errno == ENOPROTOOPT || errno == EHOSTDOWN || errno == ENONET || errno == EHOSTUNREACH ||
+        errno == EOPNOTSUPP || errno == ENETUNREACH)
+      continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK && n == 0) l->broken = 1;
+    break;
   }
   left = dispatch_conns(d, l, d->batch, n);
   if (left > 0 && pending_push(l, d->batch, left) < 0) {
@@ -471,25 +485,40 @@ int pc_dispatch_worker_listen(struct pc_dispatch *d, uint32_t worker_id, uint32_
   return 0;
 }
 
+/* Returns 1 when w was a member of l, else 0. */
+static int listener_drop_member(struct pc_dispatch *d, struct listener *l, struct worker *w) {
+  size_t j;
+  for (j = 0; j < l->nmembers; j++) {
+    if (l->members[j] != w) continue;
+    memmove(l->members + j, l->members + j + 1, (l->nmembers - j - 1) * sizeof *l->members);
+    l->nmembers--;
+    if (l->rr > j) l->rr--; /* keep the rotation where it was */
+    listener_update(d, l);
+    return 1;
+  }
+  return 0;
+}
+
+int pc_dispatch_worker_unlisten(struct pc_dispatch *d, uint32_t worker_id, uint32_t listener_id) {
+  struct worker *w;
+  struct listener *l;
+  if (d == NULL) return -EINVAL;
+  w = find_worker(d, worker_id, NULL);
+  l = find_listener(d, listener_id, NULL);
+  if (w == NULL || l == NULL) return -ENOENT;
+  listener_drop_member(d, l, w);
+  return 0;
+}
+
 int pc_dispatch_remove_worker(struct pc_dispatch *d, uint32_t worker_id) {
-  size_t at, i, j;
+  size_t at, i;
   struct worker *w;
   if (d == NULL) return -EINVAL;
   w = find_worker(d, worker_id, &at);
   if (w == NULL) return -ENOENT;
   w->dead = 1;
   worker_set_events(d, w);
-  for (i = 0; i < d->nlisteners; i++) {
-    struct listener *l = d->listeners[i];
-    for (j = 0; j < l->nmembers; j++) {
-      if (l->members[j] != w) continue;
-      memmove(l->members + j, l->members + j + 1, (l->nmembers - j - 1) * sizeof *l->members);
-      l->nmembers--;
-      if (l->rr > j) l->rr--; /* keep the rotation where it was */
-      listener_update(d, l);
-      break;
-    }
-  }
+  for (i = 0; i < d->nlisteners; i++) listener_drop_member(d, d->listeners[i], w);
   d->workers[at] = d->workers[--d->nworkers];
   free(w);
   return 0;

@@ -58,6 +58,9 @@ int pc_dispatch_add_worker(struct pc_dispatch *d, uint32_t worker_id, int channe
                            struct pc_score_slot *slot);
 /* The worker gets that listener's connections (idempotent). */
 int pc_dispatch_worker_listen(struct pc_dispatch *d, uint32_t worker_id, uint32_t listener_id);
+/* The worker gets no more of that listener's connections (idempotent); it keeps
+ * its other listeners. */
+int pc_dispatch_worker_unlisten(struct pc_dispatch *d, uint32_t worker_id, uint32_t listener_id);
 /* No more connections to it; stops watching its channel. Call it before closing the
  * channel fd, and before reading a dead worker's queued connections back (so that
  * pc_dispatch_hand_off cannot choose it again). */

@@ -178,5 +178,8 @@ int pc_sem_value(void *sem);
 int pc_barrier_init(void *barrier, uint32_t parties);
 int pc_barrier_arrive(void *barrier, uint32_t *generation);
 int pc_barrier_await(void *barrier, uint32_t generation, int64_t timeout_ns, uint32_t spin);
+/* Break the barrier (a party leaves without waiting: an exception, abort()); every
+ * waiter and later arrival then gets -EPIPE. */
+int pc_barrier_abort(void *barrier);
 
 #endif

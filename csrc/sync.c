@@ -185,12 +185,18 @@ int pc_barrier_await(void *barrier, uint32_t generation, int64_t timeout_ns, uin
     int rc;
     if (atomic_load(&words[2])) return -EPIPE;
     if (left == 0) {
-      atomic_store(&words[2], 1);
-      pc__futex_wake(state, INT_MAX);
+      pc_barrier_abort(barrier);
       return -ETIMEDOUT;
     }
     rc = pc__futex_wait(state, seen, left);
     if (rc == -EINTR) return -EINTR;
   }
+  return 0;
+}
+
+int pc_barrier_abort(void *barrier) {
+  _Atomic uint32_t *words = barrier;
+  atomic_store(&words[2], 1);
+  pc__futex_wake(&words[1], INT_MAX);
   return 0;
 }

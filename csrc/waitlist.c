@@ -50,26 +50,35 @@ static int is_waiting(uint32_t state) {
   return state == PC_WAITER_WAITING || state == PC_WAITER_SLEEPING;
 }
 
-/* Reclaims slots whose owner process is gone (killed while waiting). Called with
- * the lock held, only when the table is full. */
-static int reclaim_dead(struct pc_region_header *h) {
-  uint32_t i;
-  int freed = 0;
-  for (i = 0; i < h->slot_limit; i++) {
-    struct pc_waiter *w = &h->waiters[i];
-    if (atomic_load(&w->state) != PC_WAITER_FREE && kill(w->pid, 0) < 0 && errno == ESRCH) {
-      atomic_store(&w->state, PC_WAITER_FREE);
-      freed++;
-    }
-  }
-  return freed;
-}
-
 static void free_slot(struct pc_region_header *h, int slot) {
   atomic_store(&h->waiters[slot].state, PC_WAITER_FREE);
   while (h->slot_limit > 0 &&
          atomic_load(&h->waiters[h->slot_limit - 1].state) == PC_WAITER_FREE)
     h->slot_limit--;
+}
+
+/* A waiter whose process was killed while waiting must neither keep its slot nor
+ * be counted by notify. kill(pid, 0) tells; pids mean something only within one
+ * pid namespace, which is where the processes of one cluster live. */
+static int owner_gone(const struct pc_waiter *w) {
+  return kill(w->pid, 0) < 0 && errno == ESRCH;
+}
+
+/* Frees the slot of a dead owner; 1 when it did. Called with the lock held. */
+static int reclaim_if_dead(struct pc_region_header *h, int slot) {
+  if (!owner_gone(&h->waiters[slot])) return 0;
+  free_slot(h, slot);
+  return 1;
+}
+
+/* Reclaims every slot whose owner process is gone. Called with the lock held,
+ * only when the table is full. */
+static int reclaim_dead(struct pc_region_header *h) {
+  uint32_t i;
+  int freed = 0;
+  for (i = h->slot_limit; i-- > 0;)
+    if (atomic_load(&h->waiters[i].state) != PC_WAITER_FREE) freed += reclaim_if_dead(h, (int)i);
+  return freed;
 }
 
 int pc_wait_register(void *header, void *cell, uint64_t byte_offset, int width,
@@ -149,34 +158,37 @@ int pc_wait_abort(void *header, int slot) {
   return 0;
 }
 
+/* Notifies the waiter in a slot (waking it if it sleeps) and returns 1, or frees
+ * the slot and returns 0 when its process is gone. Called with the lock held. */
+static int notify_slot(struct pc_region_header *h, int slot) {
+  struct pc_waiter *w = &h->waiters[slot];
+  if (reclaim_if_dead(h, slot)) return 0;
+  if (atomic_exchange(&w->state, PC_WAITER_NOTIFIED) == PC_WAITER_SLEEPING)
+    pc__futex_wake(&w->state, 1);
+  return 1;
+}
+
+static int waits_on(const struct pc_waiter *w, uint64_t byte_offset) {
+  return is_waiting(atomic_load(&w->state)) && w->byte_offset == byte_offset;
+}
+
 int pc_notify(void *header, uint64_t byte_offset, int64_t count) {
   struct pc_region_header *h = header;
+  uint32_t i;
   int woken = 0;
   table_lock(h);
-  if (count < 0) {
-    uint32_t i;
-    for (i = 0; i < h->slot_limit; i++) {
-      struct pc_waiter *w = &h->waiters[i];
-      if (is_waiting(atomic_load(&w->state)) && w->byte_offset == byte_offset) {
-        if (atomic_exchange(&w->state, PC_WAITER_NOTIFIED) == PC_WAITER_SLEEPING)
-          pc__futex_wake(&w->state, 1);
-        woken++;
-      }
-    }
+  if (count < 0) { /* all of them: one pass, order does not matter */
+    for (i = 0; i < h->slot_limit; i++)
+      if (waits_on(&h->waiters[i], byte_offset)) woken += notify_slot(h, (int)i);
   }
-  while (count >= 0 && woken < count) {
-    struct pc_waiter *oldest = NULL;
-    uint32_t i;
-    for (i = 0; i < h->slot_limit; i++) {
-      struct pc_waiter *w = &h->waiters[i];
-      if (is_waiting(atomic_load(&w->state)) && w->byte_offset == byte_offset &&
-          (oldest == NULL || w->ticket < oldest->ticket))
-        oldest = w;
-    }
-    if (oldest == NULL) break;
-    if (atomic_exchange(&oldest->state, PC_WAITER_NOTIFIED) == PC_WAITER_SLEEPING)
-      pc__futex_wake(&oldest->state, 1);
-    woken++;
+  while (count >= 0 && woken < count) { /* oldest first */
+    int oldest = -1;
+    for (i = 0; i < h->slot_limit; i++)
+      if (waits_on(&h->waiters[i], byte_offset) &&
+          (oldest < 0 || h->waiters[i].ticket < h->waiters[oldest].ticket))
+        oldest = (int)i;
+    if (oldest < 0) break;
+    woken += notify_slot(h, oldest);
   }
   table_unlock(h);
   return woken;
@@ -187,10 +199,7 @@ int pc_waiters(void *header, uint64_t byte_offset) {
   uint32_t i;
   int n = 0;
   table_lock(h);
-  for (i = 0; i < h->slot_limit; i++)
-    if (is_waiting(atomic_load(&h->waiters[i].state)) &&
-        h->waiters[i].byte_offset == byte_offset)
-      n++;
+  for (i = 0; i < h->slot_limit; i++) n += waits_on(&h->waiters[i], byte_offset);
   table_unlock(h);
   return n;
 }

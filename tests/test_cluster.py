@@ -179,16 +179,16 @@ BAD_INPUT_SCRIPT = textwrap.dedent("""
         worker.on("exit", gone)
         cluster.run()
     else:
-        try:
-            cluster.fork()
-        except RuntimeError as e:
-            cluster.worker.send(str(e))
         done = threading.Event()
         received = []
         def got(m):
             received.append(m)
             done.set()
         cluster.worker.on("message", got)
+        try:
+            cluster.fork()
+        except RuntimeError as e:
+            cluster.worker.send(str(e))
         done.wait(20)
         import time; time.sleep(0.2)
         assert received == ["last"], received

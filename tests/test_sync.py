@@ -8,6 +8,9 @@ import pytest
 from conftest import poll
 from pyclusterc import Atomics, Barrier, Condition, Int32Array, Mutex, Semaphore, SharedBuffer
 
+# An exception in a helper thread (a waiter, wait_async's thread) fails the test.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 ALL = [Mutex, Semaphore, Barrier]
 
 
@@ -410,3 +413,36 @@ def test_barrier_timeout_across_processes(fork):
     with pytest.raises(threading.BrokenBarrierError):
         b.wait(0.1)
     assert proc.join() == 0
+
+
+def test_barrier_bad_timeout_does_not_count_as_arrival():
+    b = Barrier(SharedBuffer(12), 0, 2)
+    with pytest.raises(TypeError):
+        b.wait("1")
+    assert not b.broken
+    # still needs two parties: one alone times out
+    with pytest.raises(threading.BrokenBarrierError):
+        b.wait(0.05)
+
+
+def test_barrier_abort_and_raising_handler_break_it():
+    b = Barrier(SharedBuffer(12), 0, 2)
+    old = signal.signal(signal.SIGUSR1, lambda *a: 1 / 0)
+    timer = threading.Timer(0.1, signal.pthread_kill, (threading.main_thread().ident, signal.SIGUSR1))
+    try:
+        timer.start()
+        with pytest.raises(ZeroDivisionError):
+            b.wait(10)
+    finally:
+        timer.join(10)
+        signal.signal(signal.SIGUSR1, old)
+    assert b.broken  # the party left mid-round: nobody may pass on its arrival
+    with pytest.raises(threading.BrokenBarrierError):
+        b.wait(1)
+    other = Barrier(SharedBuffer(12), 0, 3)
+    t = threading.Timer(0.05, other.abort)
+    t.start()
+    with pytest.raises(threading.BrokenBarrierError):
+        other.wait(10)
+    t.join(10)
+

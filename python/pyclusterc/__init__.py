@@ -4,6 +4,9 @@ from .shared import (BigInt64Array, BigUint64Array, Float32Array, Float64Array, 
                      Int16Array, Int32Array, SharedBuffer, TypedArray, Uint8Array, Uint16Array,
                      Uint32Array)
 from .sync import Barrier, Condition, Mutex, Semaphore
+from .pool import WorkerDied, WorkerPool
+from .workers import (BroadcastChannel, MessageChannel, MessagePort, Worker, WorkerError,
+                      receive_message_on_port)
 
 __version__ = "0.1.0"
 
@@ -12,4 +15,6 @@ __all__ = [
     "Int8Array", "Uint8Array", "Int16Array", "Uint16Array", "Int32Array", "Uint32Array",
     "BigInt64Array", "BigUint64Array", "Float32Array", "Float64Array",
     "Mutex", "Condition", "Semaphore", "Barrier",
+    "Worker", "WorkerError", "MessageChannel", "MessagePort", "BroadcastChannel",
+    "receive_message_on_port", "WorkerPool", "WorkerDied",
 ]

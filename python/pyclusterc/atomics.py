@@ -17,6 +17,7 @@ __all__ = ["Atomics"]
 WAIT_SPIN = 2000
 
 _WAITABLE = (Int32Array, BigInt64Array)
+_INT64_MAX = (1 << 63) - 1
 
 
 def _integer_array(ta, op):
@@ -150,7 +151,10 @@ class Atomics:
                 call_restarting(lambda left: lib.pc_wait_block(header, slot, left, 0), ns)
             finally:
                 rc = lib.pc_wait_release(header, slot)
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(_result(rc)))
+                try:
+                    loop.call_soon_threadsafe(lambda: done.done() or done.set_result(_result(rc)))
+                except RuntimeError:
+                    pass  # the loop is closed: the awaiting task was cancelled with it
 
         # A thread per pending wait: the futex has no fd for the loop to poll.
         thread = threading.Thread(target=block, args=(ta,), name="Atomics.wait_async", daemon=True)
@@ -171,6 +175,6 @@ class Atomics:
         elif isinstance(count, bool) or not isinstance(count, int):
             raise TypeError(f"Atomics.notify count must be an int or None, not {type(count).__name__}")
         else:
-            n = max(count, 0)
+            n = min(max(count, 0), _INT64_MAX)  # any larger count means "all" anyway
         return lib.pc_notify(ta._header, ta.byte_offset + i * ta.BYTES_PER_ELEMENT, n)
 

@@ -81,20 +81,21 @@ def _typed_array_classes():
     return found
 
 
-def dumps(obj):
-    """Pickle obj; returns (payload, fds). Errors name the object that failed."""
+def dumps(obj, pickler=None):
+    """Pickle obj; returns (payload, fds). Errors name the object that failed.
+    pickler(file, fds) makes the Pickler (workers.py adds ports and transfers)."""
     fds = []
     buf = io.BytesIO()
     try:
-        _Pickler(buf, fds).dump(obj)
+        (pickler or _Pickler)(buf, fds).dump(obj)
     except (pickle.PicklingError, TypeError, AttributeError) as e:
         raise TypeError(f"cannot send {type(obj).__name__}: it is not picklable ({e})") from None
     return buf.getvalue(), fds
 
 
-def loads(payload, fds):
+def loads(payload, fds, unpickler=None):
     """Unpickle a payload; fds not claimed by the object are closed."""
-    unpickler = _Unpickler(io.BytesIO(payload), fds)
+    unpickler = (unpickler or _Unpickler)(io.BytesIO(payload), fds)
     try:
         return unpickler.load()
     finally:

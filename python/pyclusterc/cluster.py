@@ -32,7 +32,8 @@ _PRIMARY_ACCEPTS = {"rr": lib.PC_SCHED_RR, "least": lib.PC_SCHED_LEAST,
                     "sticky": lib.PC_SCHED_STICKY}
 
 _ENV_ID = "PYCLUSTERC_WORKER_ID"
-_ENV_CHANNEL = "PYCLUSTERC_CHANNEL_FD"
+_ENV_CHANNEL = "PYCLUSTERC_CHANNEL_FD"      # messages and control, both ways
+_ENV_CONNS = "PYCLUSTERC_CONN_FD"           # connections from the primary's loop
 _ENV_PRIMARY = "PYCLUSTERC_PRIMARY_PID"
 _ENV_POLICY = "PYCLUSTERC_SCHED_POLICY"
 _ENV_SCOREBOARD = "PYCLUSTERC_SCOREBOARD_FD"
@@ -42,7 +43,7 @@ _SLOT_BYTES = 64
 _MAX_SLOTS = 1024
 # Score slot fields, as indexes into 32- and 64-bit views of a slot (see pc_dispatch.h).
 _U32_PID, _U32_STATE, _U32_INFLIGHT, _U32_CONNECTIONS = 0, 1, 6, 7
-_U64_HEARTBEAT, _U64_REQUESTS = 1, 2
+_U64_HEARTBEAT, _U64_REQUESTS, _U64_HANDED = 1, 2, 4
 
 
 def _check_policy(name):
@@ -118,6 +119,9 @@ def format_address(sockaddr):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+_CONN_MSG = struct.Struct("=II128s")  # struct pc_conn_msg
+
+
 def _decode_peer(conn_msg):
     """The client address carried in a PC_MSG_CONN payload (struct pc_conn_msg)."""
     listener_id, addr_len = struct.unpack_from("=II", conn_msg)
@@ -143,6 +147,11 @@ class ScoreSlot:
         self.u32 = Uint32Array(board, index * _SLOT_BYTES, _SLOT_BYTES // 4)
         self.u64 = BigUint64Array(board, index * _SLOT_BYTES, _SLOT_BYTES // 8)
 
+    def connection_received(self):
+        """A connection arrived from the primary: `least` stops counting it as queued."""
+        self.u64.add(_U64_HANDED, 1)
+        self.connection_opened()
+
     def connection_opened(self):
         self.u32.add(_U32_CONNECTIONS, 1)
         self.u64.add(_U64_REQUESTS, 1)
@@ -156,6 +165,10 @@ class ScoreSlot:
     def request_finished(self):
         self.u32.sub(_U32_INFLIGHT, 1)
         self.u64.add(_U64_REQUESTS, 1)
+
+    def clear(self):
+        for i in range(len(self.u64)):
+            self.u64.store(i, 0)
 
     def snapshot(self):
         return {"pid": self.u32.load(_U32_PID), "inflight": self.u32.load(_U32_INFLIGHT),
@@ -180,7 +193,7 @@ class _TrackedSocket(socket.socket):
 class Worker(EventEmitter):
     """The primary's handle on a worker process (Node's cluster.Worker)."""
 
-    def __init__(self, state, worker_id, pid, process, channel, worker_end, slot):
+    def __init__(self, state, worker_id, pid, process, channel, conns, worker_conn_end, slot):
         super().__init__()
         self._state_owner = state
         self.id = worker_id
@@ -192,8 +205,9 @@ class Worker(EventEmitter):
         self.signal_code = None
         self.listening = []
         self.ready = False
-        self._channel = channel
-        self._worker_end = worker_end  # kept so queued connections survive a crash
+        self._channel = channel            # messages
+        self._conns = conns                # the loop sends connections on this one
+        self._worker_end = worker_conn_end  # kept so queued connections survive a crash
         self._slot = slot
         self._pidfd = None
         self._disconnected = False
@@ -312,34 +326,46 @@ class _Primary(EventEmitter):
         dispatch = self.ensure_dispatch()
         worker_id = self.next_id
         self.next_id += 1
-        fds = ffi.new("int[2]")
+        # Two channels: connections wait in their own queue, read only when the worker
+        # accepts, so a blocked or crashed worker's queue can be handed to another.
+        fds = ffi.new("int[4]")
         rc = lib.pc_channel_pair(fds)
+        if rc >= 0:
+            rc = lib.pc_channel_pair(fds + 2)
+            if rc < 0:
+                os.close(fds[0])
+                os.close(fds[1])
         if rc < 0:
-            raise os_error(rc, f"cannot create the channel for worker {worker_id}")
-        primary_end, worker_end = fds[0], fds[1]
+            raise os_error(rc, f"cannot create the channels for worker {worker_id}")
+        primary_end, worker_end, conn_primary_end, conn_worker_end = fds[0], fds[1], fds[2], fds[3]
         slot_index = self.free_slots.pop()
         board_fd = self.scoreboard.fileno()
         child_env = dict(os.environ)
         child_env.update(env or {})
         child_env.update({_ENV_ID: str(worker_id), _ENV_CHANNEL: str(worker_end),
+                          _ENV_CONNS: str(conn_worker_end),
                           _ENV_PRIMARY: str(os.getpid()), _ENV_POLICY: self.policy,
                           _ENV_SCOREBOARD: str(board_fd), _ENV_SLOT: str(slot_index)})
         try:
             if self.settings.get("fork"):
-                pid, process = self._fork_preloaded(worker_id, primary_end, child_env), None
+                pid, process = self._fork_preloaded((primary_end, conn_primary_end), child_env), None
             else:
-                process = self._spawn(worker_end, board_fd, child_env)
+                process = self._spawn((worker_end, conn_worker_end, board_fd), child_env)
                 pid = process.pid
         except BaseException:
-            os.close(primary_end)
-            os.close(worker_end)
+            for fd in (primary_end, worker_end, conn_primary_end, conn_worker_end):
+                os.close(fd)
             self.free_slots.append(slot_index)
             raise
+        # Our copy of the message end would hide the worker's exit from us.
+        os.close(worker_end)
         slot = ScoreSlot(self.scoreboard, slot_index)
         slot.u32.store(_U32_PID, pid)
-        worker = Worker(self, worker_id, pid, process, Channel(primary_end), worker_end, slot)
+        worker = Worker(self, worker_id, pid, process, Channel(primary_end), Channel(conn_primary_end),
+                        conn_worker_end, slot)
         self.workers[worker_id] = worker
-        check_rc(lib.pc_dispatch_add_worker(dispatch, worker_id, primary_end,
+        worker._channel_token = self.watch(primary_end, lambda w=worker: self.on_worker_readable(w))
+        check_rc(lib.pc_dispatch_add_worker(dispatch, worker_id, conn_primary_end,
                                             ffi.cast("struct pc_score_slot *", slot.u32._ptr)),
                  f"worker {worker_id}")
         worker._pidfd = os.pidfd_open(pid)
@@ -347,17 +373,17 @@ class _Primary(EventEmitter):
         self.emit("fork", worker)
         return worker
 
-    def _spawn(self, worker_end, board_fd, env):
+    def _spawn(self, pass_fds, env):
         import subprocess
         argv = self.settings.get("exec")
         if argv is None:
             argv = [sys.executable, *sys.orig_argv[1:]]
         elif isinstance(argv, str):
             argv = [sys.executable, argv, *self.settings.get("args", [])]
-        return subprocess.Popen(argv, env=env, pass_fds=(worker_end, board_fd),
+        return subprocess.Popen(argv, env=env, pass_fds=pass_fds,
                                 cwd=self.settings.get("cwd"))
 
-    def _fork_preloaded(self, worker_id, primary_end, env):
+    def _fork_preloaded(self, primary_ends, env):
         target = self.settings.get("target")
         pid = os.fork()
         if pid:
@@ -365,9 +391,11 @@ class _Primary(EventEmitter):
         # Child: become a worker of the (already imported) program, never return.
         code = 0
         try:
-            os.close(primary_end)
+            for fd in primary_ends:
+                os.close(fd)
             for other in self.workers.values():
                 other._channel.close()
+                other._conns.close()
                 os.close(other._worker_end)
             for server in self.servers.values():
                 server.sock.close()
@@ -412,7 +440,6 @@ class _Primary(EventEmitter):
 
     def handle_listen(self, worker, request):
         reply = {"cmd": "listen_result", "req": request["req"]}
-        fds = []
         try:
             family, sockaddr = request["family"], request["address"]
             server = self.server_for(family, sockaddr, request.get("backlog", 511))
@@ -424,10 +451,9 @@ class _Primary(EventEmitter):
                 check_rc(lib.pc_dispatch_worker_listen(self.dispatch, worker.id, server.id),
                          f"worker {worker.id}")
             elif self.policy == "none":
-                fds = [server.sock.fileno()]
+                reply["socket"] = server.sock  # travels by fd: the worker accepts on it
             server.workers.add(worker.id)
-        payload, _ = dumps(reply)
-        worker._channel.send_bytes(payload, KIND_CONTROL, fds)
+        worker._channel.send_object(reply, KIND_CONTROL)
         if reply["ok"]:
             worker.listening.append(server.address)
             worker.state = "listening"
@@ -441,10 +467,12 @@ class _Primary(EventEmitter):
 
     # -- events ------------------------------------------------------------------
     def on_worker_readable(self, worker):
-        while True:
+        """Messages and control requests from a worker (its message channel)."""
+        while not worker._channel.closed:
             try:
                 message = worker._channel.receive()
             except ChannelClosed:
+                self.unwatch(worker._channel.fd, worker._channel_token)
                 self.on_disconnect(worker)
                 return
             if message is None:
@@ -456,11 +484,29 @@ class _Primary(EventEmitter):
                 self.emit("message", worker, obj)
             elif kind == KIND_CONTROL:
                 self.on_control(worker, loads(payload, fds))
-            elif kind == KIND_CONN:
+            else:
+                for fd in fds:
+                    os.close(fd)
+
+    def read_connections(self, channel):
+        """Connections read back from a worker's connection channel go to others."""
+        while True:
+            try:
+                message = channel.receive()
+            except (ChannelClosed, OSError):
+                return
+            if message is None:
+                return
+            kind, payload, fds = message
+            if kind == KIND_CONN:
                 self.redistribute(payload, fds)
             else:
                 for fd in fds:
                     os.close(fd)
+
+    def unwatch(self, fd, token):
+        if self.tokens.pop(token, None) is not None:
+            lib.pc_dispatch_unwatch(self.dispatch, fd)
 
     def on_control(self, worker, request):
         cmd = request.get("cmd")
@@ -480,16 +526,10 @@ class _Primary(EventEmitter):
             self.handle_unlisten(worker, request["listener_id"])
 
     def handle_unlisten(self, worker, listener_id):
-        # The loop has no per-listener removal: re-register the worker for the rest.
-        lib.pc_dispatch_remove_worker(self.dispatch, worker.id)
-        check_rc(lib.pc_dispatch_add_worker(self.dispatch, worker.id, worker._channel.fd,
-                                            ffi.cast("struct pc_score_slot *", worker._slot.u32._ptr)),
-                 f"worker {worker.id}")
+        lib.pc_dispatch_worker_unlisten(self.dispatch, worker.id, listener_id)
         for server in self.servers.values():
             if server.id == listener_id:
                 server.workers.discard(worker.id)
-            elif worker.id in server.workers:
-                lib.pc_dispatch_worker_listen(self.dispatch, worker.id, server.id)
 
     def redistribute(self, payload, fds):
         """A connection read back from a dead or leaving worker goes to another one."""
@@ -519,8 +559,7 @@ class _Primary(EventEmitter):
             worker.signal_code = signal.Signals(os.WTERMSIG(status)).name
         else:
             worker.exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0
-        lib.pc_dispatch_unwatch(self.dispatch, worker._pidfd)
-        self.tokens.pop(worker._pidfd_token, None)
+        self.unwatch(worker._pidfd, worker._pidfd_token)
         os.close(worker._pidfd)
         # Messages it sent before dying are delivered before 'exit' (Node's order).
         self.on_worker_readable(worker)
@@ -531,8 +570,7 @@ class _Primary(EventEmitter):
         for server in self.servers.values():
             server.workers.discard(worker.id)
         self.free_slots.append(worker._slot.index)
-        worker._slot.u32.store(_U32_INFLIGHT, 0)
-        worker._slot.u32.store(_U32_CONNECTIONS, 0)
+        worker._slot.clear()
         code = worker.exit_code
         worker.emit("exit", code, worker.signal_code)
         self.emit("exit", worker, code, worker.signal_code)
@@ -541,21 +579,13 @@ class _Primary(EventEmitter):
         """Read back the connections queued to a dead worker and hand them on."""
         lib.pc_dispatch_remove_worker(self.dispatch, worker.id)
         leftover = Channel(worker._worker_end)
-        while True:
-            try:
-                message = leftover.receive()
-            except (ChannelClosed, OSError):
-                break
-            if message is None:
-                break
-            kind, payload, fds = message
-            if kind == KIND_CONN:
-                self.redistribute(payload, fds)
-            else:
-                for fd in fds:
-                    os.close(fd)
+        self.read_connections(leftover)       # queued to it, never accepted
+        self.read_connections(worker._conns)  # ones it handed back
         leftover.close()
-        worker._channel.close()
+        worker._conns.close()
+        if not worker._channel.closed:
+            self.unwatch(worker._channel.fd, worker._channel_token)
+            worker._channel.close()
 
     # -- the loop ----------------------------------------------------------------
     def run(self, idle_timeout=None):
@@ -580,9 +610,7 @@ class _Primary(EventEmitter):
                     if worker is None:
                         continue
                     if kind == lib.PC_EVENT_WORKER_READABLE:
-                        self.on_worker_readable(worker)
-                    else:
-                        self.on_disconnect(worker)
+                        self.read_connections(worker._conns)
             if self.kill_deadline is not None and _monotonic() >= self.kill_deadline:
                 for worker in list(self.workers.values()):
                     worker.kill("SIGKILL")
@@ -637,7 +665,9 @@ def _rerun_main():
 class Listener:
     """What ``cluster.listen()`` returns in a worker: connections for one address.
 
-    Under rr/least/sticky they come from the primary over the channel; under
+    Under rr/least/sticky they come from the primary over the worker's connection
+    channel and are read only when accepted, so connections a busy worker has not
+    taken stay in that channel (and go to another worker if this one dies). Under
     none/reuseport this wraps a listening socket the worker accepts on itself."""
 
     def __init__(self, owner, address, listener_id=None, sock=None):
@@ -645,30 +675,40 @@ class Listener:
         self.address = address
         self.listener_id = listener_id
         self._sock = sock
-        self._queue = collections.deque()
-        self._event = os.eventfd(0, os.EFD_SEMAPHORE | os.EFD_CLOEXEC | os.EFD_NONBLOCK) if sock is None else None
+        self._queue = collections.deque()  # connections another listener read for us
+        # Wakes accept() when a connection lands in _queue or the listener closes.
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) if sock is None else None
         self.closed = False
 
     def __repr__(self):
         return f"<Listener {format_address(self.address)}>"
 
     def fileno(self):
-        """Readable when a connection is waiting (for select/selectors/asyncio)."""
+        """Readable when a connection may be waiting (for select/selectors/asyncio)."""
         if self.closed:
             raise ValueError("operation on a closed Listener")
-        return self._sock.fileno() if self._sock is not None else self._event
+        return self._sock.fileno() if self._sock is not None else self._owner.conn_fd
 
-    # Called by the worker's channel reader with each connection for this listener.
     def _deliver(self, sock, peer):
-        if self.closed:
-            self._owner.return_connection(sock, self.listener_id)
-            return
         self._queue.append((sock, peer))
-        os.eventfd_write(self._event, 1)
+        os.eventfd_write(self._wake, 1)
 
-    def _take(self):
-        os.eventfd_read(self._event)
-        return self._queue.popleft()
+    def _poll(self):
+        """A waiting connection or None, without blocking."""
+        if self.closed:
+            raise ValueError("the Listener is closed")
+        if self._queue:
+            return self._queue.popleft()
+        return self._owner.next_connection(self)
+
+    def _wait_fds(self):
+        return [self._owner.conn_fd, self._wake]
+
+    def _drain_wake(self):
+        try:
+            os.eventfd_read(self._wake)
+        except BlockingIOError:
+            pass
 
     def accept(self, timeout=None):
         """Block until a connection arrives: returns (socket, address)."""
@@ -683,16 +723,16 @@ class Listener:
                     self._sock.setblocking(False)
             return self._owner.track(conn), peer
         import select
+        deadline = None if timeout is None else _monotonic() + timeout
         while True:
-            try:
-                return self._take()
-            except BlockingIOError:
-                pass
-            ready, _, _ = select.select([self._event], [], [], timeout)
-            if not ready:
+            got = self._poll()
+            if got is not None:
+                return got
+            left = None if deadline is None else max(0.0, deadline - _monotonic())
+            if left == 0.0:
                 raise TimeoutError(f"no connection on {self!r} within {timeout} s")
-            if self.closed:
-                raise ValueError("the Listener was closed")
+            select.select(self._wait_fds(), [], [], left)
+            self._drain_wake()
 
     def __iter__(self):
         while not self.closed:
@@ -708,24 +748,50 @@ class Listener:
         if self._sock is not None:
             conn, peer = await loop.sock_accept(self._sock)
             return self._owner.track(conn), peer
-        while True:
-            try:
-                return self._take()
-            except BlockingIOError:
-                pass
-            ready = loop.create_future()
-            loop.add_reader(self._event, lambda: ready.done() or ready.set_result(None))
-            try:
-                await ready
-            finally:
-                loop.remove_reader(self._event)
+        wake = asyncio.Event()
+        fds = self._wait_fds()
+        for fd in fds:
+            loop.add_reader(fd, wake.set)
+        try:
+            while True:
+                got = self._poll()
+                if got is not None:
+                    return got
+                wake.clear()
+                await wake.wait()
+                self._drain_wake()
+        finally:
+            for fd in fds:
+                loop.remove_reader(fd)
 
     async def serve(self, protocol_factory):
         """Serve every connection with an asyncio protocol until the listener closes."""
         loop = asyncio.get_running_loop()
-        while not self.closed:
-            conn, _ = await self.accept_async()
-            await loop.connect_accepted_socket(protocol_factory, conn)
+        if self._sock is not None:
+            while not self.closed:
+                conn, _ = await self.accept_async()
+                await loop.connect_accepted_socket(protocol_factory, conn)
+            return
+        # Readers stay registered for the whole loop: no epoll_ctl per connection.
+        wake = asyncio.Event()
+        fds = self._wait_fds()
+        for fd in fds:
+            loop.add_reader(fd, wake.set)
+        try:
+            while not self.closed:
+                got = self._poll()
+                if got is None:
+                    wake.clear()
+                    await wake.wait()
+                    self._drain_wake()
+                    continue
+                await loop.connect_accepted_socket(protocol_factory, got[0])
+        except ValueError:
+            if not self.closed:
+                raise
+        finally:
+            for fd in fds:
+                loop.remove_reader(fd)
 
     def close(self):
         if self.closed:
@@ -733,12 +799,17 @@ class Listener:
         self.closed = True
         if self._sock is not None:
             self._sock.close()
-        else:
-            self._owner.unlisten(self)
-            while self._queue:
-                sock, _ = self._queue.popleft()
-                self._owner.return_connection(sock, self.listener_id)
-            os.close(self._event)
+            return
+        self._owner.unlisten(self)
+        while self._queue:
+            sock, _ = self._queue.popleft()
+            self._owner.return_connection(sock, self.listener_id)
+        os.eventfd_write(self._wake, 1)  # wake accept() calls; the fd closes with the object
+
+    def __del__(self):
+        if self._wake is not None:
+            os.close(self._wake)
+            self._wake = None
 
     def __enter__(self):
         return self
@@ -750,8 +821,11 @@ class Listener:
 class _WorkerSelf(EventEmitter):
     """``cluster.worker`` inside a worker process."""
 
-    def __init__(self, worker_id, channel, slot, policy):
+    def __init__(self, worker_id, channel, conns, slot, policy):
         super().__init__()
+        self._conns = conns
+        self.conn_fd = conns.fd
+        self._conns_lock = threading.Lock()
         self.id = worker_id
         self.process = types.SimpleNamespace(pid=os.getpid())
         self.pid = os.getpid()
@@ -811,19 +885,17 @@ class _WorkerSelf(EventEmitter):
         family, sockaddr = parse_address(address)
         if self._policy == "reuseport" and family == socket.AF_UNIX:
             raise ValueError("the reuseport policy needs a TCP address, not a Unix socket")
-        reply, fds = self._request({"cmd": "listen", "family": family, "address": sockaddr,
-                                    "backlog": backlog})
+        reply, listener = self._request({"cmd": "listen", "family": family, "address": sockaddr,
+                                              "backlog": backlog})
         if not reply["ok"]:
             raise OSError(reply["errno"], f"cannot listen on {format_address(sockaddr)}: {reply['message']}")
         address = reply["address"]
         if reply["policy"] == "none":
-            sock = socket.socket(fileno=fds[0])
+            sock = reply["socket"]
             sock.setblocking(False)
             listener = Listener(self, address, sock=sock)
         elif reply["policy"] == "reuseport":
             listener = Listener(self, address, sock=bind_listener(family, address, backlog, reuseport=True))
-        else:
-            listener = Listener(self, address, listener_id=reply["listener_id"])
         self._listeners[reply["listener_id"]] = listener
         return listener
 
@@ -832,10 +904,38 @@ class _WorkerSelf(EventEmitter):
         if not self._disconnected.is_set():
             self._channel.send_object({"cmd": "unlisten", "listener_id": listener.listener_id}, KIND_CONTROL)
 
+    def next_connection(self, listener):
+        """Read the connection channel until one for `listener` turns up (or none is
+        waiting). Connections for the worker's other listeners are queued on them."""
+        with self._conns_lock:
+            while True:
+                if listener._queue:
+                    return listener._queue.popleft()
+                message = self._conns.receive()
+                if message is None:
+                    return None
+                kind, payload, fds = message
+                if kind != KIND_CONN:
+                    for fd in fds:
+                        os.close(fd)
+                    continue
+                listener_id, peer = _decode_peer(payload)
+                sock = _TrackedSocket(fileno=fds[0])
+                sock._slot = self._slot
+                if self._slot is not None:
+                    self._slot.connection_received()
+                if listener_id == listener.listener_id:
+                    return sock, peer
+                owner = self._listeners.get(listener_id)
+                if owner is None or owner.closed:
+                    self.return_connection(sock, listener_id)
+                else:
+                    owner._deliver(sock, peer)
+
     def return_connection(self, sock, listener_id):
         """A connection that reached a closed listener goes back to the primary."""
         try:
-            self._channel.send_bytes(struct.pack("=II", listener_id, 0), KIND_CONN, [sock.fileno()])
+            self._conns.send_bytes(_CONN_MSG.pack(listener_id, 0, b""), KIND_CONN, [sock.fileno()])
         finally:
             sock.close()
 
@@ -866,24 +966,19 @@ class _WorkerSelf(EventEmitter):
         os._exit(0)
 
     def _route(self, kind, payload, fds):
-        if kind == KIND_CONN:
-            listener_id, peer = _decode_peer(payload)
-            listener = self._listeners.get(listener_id)
-            sock = _TrackedSocket(fileno=fds[0])
-            sock._slot = self._slot
-            if self._slot is not None:
-                self._slot.connection_opened()
-            if listener is None:
-                self.return_connection(sock, listener_id)
-            else:
-                listener._deliver(sock, peer)
-        elif kind == KIND_CONTROL:
+        if kind == KIND_CONTROL:
             message = loads(payload, fds)
             cmd = message.get("cmd")
             if cmd == "listen_result":
+                listener = None
+                if message["ok"] and message["policy"] in _PRIMARY_ACCEPTS:
+                    # Registered here, before the next message is read: connections
+                    # for it may already follow this reply in the channel.
+                    listener = Listener(self, message["address"], listener_id=message["listener_id"])
+                    self._listeners[message["listener_id"]] = listener
                 waiter = self._pending.pop(message["req"], None)
                 if waiter is not None:
-                    waiter.put((message, fds))
+                    waiter.put((message, listener))
             elif cmd == "disconnect":
                 self.disconnect()
         elif kind == KIND_DATA:
@@ -1004,6 +1099,7 @@ class _ClusterModule(types.ModuleType):
         """Set this process up as a worker from the PYCLUSTERC_* environment."""
         worker_id = int(os.environ[_ENV_ID])
         channel_fd = int(os.environ.pop(_ENV_CHANNEL))
+        conn_fd = int(os.environ.pop(_ENV_CONNS))
         primary_pid = int(os.environ.get(_ENV_PRIMARY, "0"))
         policy = os.environ.get(_ENV_POLICY, "rr")
         # Die with the primary; a primary already gone means exit now.
@@ -1014,7 +1110,7 @@ class _ClusterModule(types.ModuleType):
         if board_fd is not None:
             board = SharedBuffer._from_fd(int(board_fd))
             slot = ScoreSlot(board, int(os.environ.pop(_ENV_SLOT)))
-        self._state = _WorkerSelf(worker_id, Channel(channel_fd), slot, policy)
+        self._state = _WorkerSelf(worker_id, Channel(channel_fd), Channel(conn_fd), slot, policy)
 
 
 class _PrimaryOwner:
@@ -1028,5 +1124,5 @@ class _PrimaryOwner:
 _module = sys.modules[__name__]
 _module.__class__ = _ClusterModule
 _module._state = _Primary(_module)
-if _ENV_ID in os.environ and _ENV_CHANNEL in os.environ:
+if _ENV_ID in os.environ and _ENV_CHANNEL in os.environ and _ENV_CONNS in os.environ:
     _module._become_worker()

@@ -8,22 +8,22 @@ class EventEmitter:
     removed before they run. An exception in a listener propagates to ``emit``."""
 
     def __init__(self):
-        self._listeners = {}
+        self._event_listeners = {}
 
     def on(self, event, callback):
         if not callable(callback):
             raise TypeError(f"listener for {event!r} must be callable, not {type(callback).__name__}")
-        self._listeners.setdefault(event, []).append((callback, False))
+        self._event_listeners.setdefault(event, []).append((callback, False))
         return self
 
     def once(self, event, callback):
         if not callable(callback):
             raise TypeError(f"listener for {event!r} must be callable, not {type(callback).__name__}")
-        self._listeners.setdefault(event, []).append((callback, True))
+        self._event_listeners.setdefault(event, []).append((callback, True))
         return self
 
     def off(self, event, callback):
-        entries = self._listeners.get(event, [])
+        entries = self._event_listeners.get(event, [])
         for i, (cb, _) in enumerate(entries):
             if cb == callback:
                 del entries[i]
@@ -31,10 +31,10 @@ class EventEmitter:
         return self
 
     def listener_count(self, event):
-        return len(self._listeners.get(event, ()))
+        return len(self._event_listeners.get(event, ()))
 
     def emit(self, event, *args):
-        entries = self._listeners.get(event)
+        entries = self._event_listeners.get(event)
         if not entries:
             return False
         for entry in list(entries):

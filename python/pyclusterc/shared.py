@@ -8,6 +8,7 @@ with live views raises ``BufferError``, and any use after ``close()`` raises
 import errno
 import mmap
 import operator
+import os
 import sys
 
 from ._core import EPROTO, ENOENT, ENOMEM, ffi, lib, os_error
@@ -80,7 +81,6 @@ class SharedBuffer(mmap.mmap):
         size = ffi.new("uint64_t *")
         rc = lib.pc_region_data_size(fd, size)
         if rc < 0:
-            import os
             os.close(fd)
             if rc == EPROTO:
                 raise ValueError(f"{name or 'fd'!r} is not a pyclusterc SharedBuffer")
@@ -89,7 +89,6 @@ class SharedBuffer(mmap.mmap):
 
     @classmethod
     def _attach(cls, fd, size, name):
-        import os
         try:
             self = mmap.mmap.__new__(cls, fd, size, offset=_HEADER_SIZE)
         except OSError as e:
@@ -145,7 +144,6 @@ class SharedBuffer(mmap.mmap):
     def _release_header(self):
         header, self._header = getattr(self, "_header", None), None
         if header is not None:
-            import os
             lib.pc_region_unmap_header(header)
             os.close(self._fd)
 

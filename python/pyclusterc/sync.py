@@ -14,6 +14,9 @@ __all__ = ["Mutex", "Condition", "Semaphore", "Barrier"]
 # cores usually lands within a few microseconds; a futex wake-up costs tens.
 SPIN = 4000
 
+_INT64_MAX = (1 << 63) - 1
+_UINT32_MAX = (1 << 32) - 1
+
 
 class _SharedWords:
     """A run of 32-bit words inside a SharedBuffer, pinned while this object lives."""
@@ -21,7 +24,7 @@ class _SharedWords:
     __slots__ = ("buffer", "byte_offset", "_view", "_ptr")
     BYTES = 4
 
-    def __init__(self, buffer, byte_offset):
+    def __init__(self, buffer, byte_offset=0):
         kind = type(self).__name__
         if not isinstance(buffer, SharedBuffer):
             raise TypeError(f"{kind} lives in a SharedBuffer, not {type(buffer).__name__}")
@@ -122,7 +125,7 @@ class Condition(_SharedWords):
     def notify(self, n=1):
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"Condition.notify takes a count >= 0, got {n!r}")
-        lib.pc_cond_notify(self._ptr, n)
+        lib.pc_cond_notify(self._ptr, min(n, _INT64_MAX))
 
     def notify_all(self):
         lib.pc_cond_notify(self._ptr, -1)
@@ -150,7 +153,7 @@ class Semaphore(_SharedWords):
     def release(self, n=1):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"Semaphore.release takes a count >= 1, got {n!r}")
-        rc = lib.pc_sem_release(self._ptr, n)
+        rc = lib.pc_sem_release(self._ptr, n) if n <= _UINT32_MAX else -1
         if rc < 0:
             raise ValueError(f"Semaphore value would overflow past 2**32-1 (release({n}))")
 
@@ -185,6 +188,7 @@ class Barrier(_SharedWords):
     def wait(self, timeout=None):
         """Returns this arrival's index (parties - 1 for the last). A timeout breaks
         the barrier: every waiter then gets threading.BrokenBarrierError."""
+        ns = timeout_ns(timeout)  # before arriving: a bad timeout must not count as a party
         generation = ffi.new("uint32_t *")
         index = lib.pc_barrier_arrive(self._ptr, generation)
         if index == EPIPE:
@@ -192,10 +196,20 @@ class Barrier(_SharedWords):
         if index == self.parties - 1:
             return index
         ptr, gen = self._ptr, generation[0]
-        rc = call_restarting(lambda left: lib.pc_barrier_await(ptr, gen, left, SPIN), timeout_ns(timeout))
+        try:
+            rc = call_restarting(lambda left: lib.pc_barrier_await(ptr, gen, left, SPIN), ns)
+        except BaseException:
+            # A signal handler raised: this party leaves, so the round can never be
+            # right; break it for everyone, as threading.Barrier does.
+            lib.pc_barrier_abort(ptr)
+            raise
         if rc in (ETIMEDOUT, EPIPE):
             raise threading.BrokenBarrierError
         return index
+
+    def abort(self):
+        """Break the barrier: current and later waiters get BrokenBarrierError."""
+        lib.pc_barrier_abort(self._ptr)
 
     @property
     def broken(self):

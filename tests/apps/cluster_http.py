@@ -21,12 +21,13 @@ def say(**fields):
 def serve_worker():
     block = "--block-first" in sys.argv and cluster.worker.id == 1
     port = int(sys.argv[sys.argv.index("--port") + 1]) if "--port" in sys.argv else 0
+    # Before listen(): the primary may message us as soon as we listen.
+    cluster.worker.on("message", lambda msg: cluster.worker.send({"echo": msg}))
     try:
         listener = cluster.listen(("127.0.0.1", port))
     except OSError as e:
         cluster.worker.send({"listen_error": e.errno, "text": str(e)})
         sys.exit(3)
-    cluster.worker.on("message", lambda msg: cluster.worker.send({"echo": msg}))
     if block:
         import time
         while True:

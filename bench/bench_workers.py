@@ -1,0 +1,285 @@
+"""pyclusterc.workers beside multiprocessing, concurrent.futures and Node's worker_threads.
+
+Usage: python bench/bench_workers.py [--quick] [--json bench/results/workers.json]
+Every peer runs in the same invocation, so the ratios compare like with like.
+"""
+import argparse
+import concurrent.futures as cf
+import json
+import multiprocessing as mp
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from pyclusterc import SharedBuffer
+from pyclusterc.pool import WorkerPool
+from pyclusterc.workers import Worker
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TUPLE, KIB = (1, 2, 3), b"x" * 1024
+ARRAY_BYTES = 256 << 20
+FORK = mp.get_context("fork")
+
+
+# ---- worker bodies ------------------------------------------------------------------------
+def pc_sender(n, msg):
+    from pyclusterc.workers import parent_port
+    for _ in range(n):
+        parent_port.post_message(msg)
+
+
+def mp_sender(q, n, msg):
+    for _ in range(n):
+        q.put(msg)
+
+
+def pc_echo():
+    from pyclusterc.workers import parent_port
+    for m in parent_port:
+        if m is None:
+            return
+        parent_port.post_message(m)
+
+
+def mp_echo(conn):
+    while (m := conn.recv()) is not None:
+        conn.send(m)
+
+
+def pc_summer():
+    from pyclusterc.workers import parent_port, worker_data
+    for m in parent_port:
+        if m is None:
+            return
+        arr = np.frombuffer(worker_data, dtype=np.float64) if isinstance(m, str) else m
+        parent_port.post_message(float(arr.sum()))
+
+
+def mp_summer(conn):
+    while (m := conn.recv()) is not None:
+        conn.send(float(m.sum()))
+
+
+def pc_hello():
+    from pyclusterc.workers import parent_port
+    parent_port.post_message("hi")
+
+
+def mp_hello(conn):
+    conn.send("hi")
+
+
+def cpu_task(n):
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+# ---- measurements ----------------------------------------------------------------------------
+def best(fn, repeat):
+    return min(fn() for _ in range(repeat))
+
+
+def one_way(n, msg, repeat):
+    def pc():
+        w = Worker(pc_sender, args=(n, msg))
+        w.receive()                       # first message: the worker is running
+        t = time.perf_counter()
+        for _ in range(n - 1):
+            w.receive()
+        dt = time.perf_counter() - t
+        w.join()
+        return dt / (n - 1)
+
+    def mpq():
+        q = FORK.Queue()
+        p = FORK.Process(target=mp_sender, args=(q, n, msg))
+        p.start()
+        q.get()
+        t = time.perf_counter()
+        for _ in range(n - 1):
+            q.get()
+        dt = time.perf_counter() - t
+        p.join()
+        return dt / (n - 1)
+    return 1 / best(pc, repeat), 1 / best(mpq, repeat)
+
+
+def round_trip(n, repeat):
+    def pc():
+        w = Worker(pc_echo)
+        w.post_message(0)
+        w.receive()
+        t = time.perf_counter()
+        for i in range(n):
+            w.post_message(i)
+            w.receive()
+        dt = time.perf_counter() - t
+        w.post_message(None)
+        w.join()
+        return dt / n
+
+    def pipe():
+        a, b = FORK.Pipe()
+        p = FORK.Process(target=mp_echo, args=(b,))
+        p.start()
+        a.send(0)
+        a.recv()
+        t = time.perf_counter()
+        for i in range(n):
+            a.send(i)
+            a.recv()
+        dt = time.perf_counter() - t
+        a.send(None)
+        p.join()
+        return dt / n
+    return best(pc, repeat) * 1e6, best(pipe, repeat) * 1e6
+
+
+def big_array(repeat):
+    buf = SharedBuffer(ARRAY_BYTES)
+    shared = np.frombuffer(buf, dtype=np.float64)
+    shared[:] = 1.0
+    private = np.ones(ARRAY_BYTES // 8)
+    w = Worker(pc_summer, worker_data=buf)
+    a, b = FORK.Pipe()
+    p = FORK.Process(target=mp_summer, args=(b,))
+    p.start()
+
+    def timed(send, recv):
+        def run():
+            t = time.perf_counter()
+            send()
+            assert recv() == ARRAY_BYTES / 8
+            return time.perf_counter() - t
+        return best(run, repeat) * 1e3
+
+    out = {
+        "shared_ms": timed(lambda: w.post_message("shared"), w.receive),
+        "transfer_ms": timed(lambda: _transfer(w, private), w.receive),
+        "pipe_ms": timed(lambda: a.send(private), a.recv),
+    }
+    w.post_message(None)
+    w.join()
+    a.send(None)
+    p.join()
+    del shared
+    return out
+
+
+def _transfer(w, arr):
+    # A transfer moves the array; the benchmark reuses one, which is fine because the
+    # worker only reads its copy.
+    w.post_message(arr, transfer=[arr])
+
+
+def start_to_first(repeat):
+    def pc():
+        t = time.perf_counter()
+        w = Worker(pc_hello)
+        w.receive()
+        dt = time.perf_counter() - t
+        w.join()
+        return dt
+
+    def mpf():
+        t = time.perf_counter()
+        a, b = FORK.Pipe()
+        p = FORK.Process(target=mp_hello, args=(b,))
+        p.start()
+        a.recv()
+        dt = time.perf_counter() - t
+        p.join()
+        return dt
+    return best(pc, repeat) * 1e3, best(mpf, repeat) * 1e3
+
+
+def pool_map(tasks, size, repeat):
+    items = [size] * tasks
+
+    def serial():
+        t = time.perf_counter()
+        list(map(cpu_task, items))
+        return time.perf_counter() - t
+
+    def ours():
+        t = time.perf_counter()
+        with WorkerPool(2) as p:
+            list(p.map(cpu_task, items))
+        return time.perf_counter() - t
+
+    def ppe():
+        t = time.perf_counter()
+        with cf.ProcessPoolExecutor(2, mp_context=FORK) as p:
+            list(p.map(cpu_task, items))
+        return time.perf_counter() - t
+    s, o, e = best(serial, repeat), best(ours, repeat), best(ppe, repeat)
+    return {"serial_s": s, "workerpool_s": o, "processpool_s": e,
+            "workerpool_speedup": s / o, "processpool_speedup": s / e}
+
+
+def node(n, trips):
+    try:
+        out = subprocess.run(["node", os.path.join(HERE, "node", "workers_messages.js"), str(n), str(trips)],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+        return json.loads(out)
+    except (OSError, subprocess.SubprocessError, ValueError) as e:
+        return {"error": str(e)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    q = args.quick
+    n, trips, repeat = (30000, 3000, 1) if q else (200000, 20000, 3)
+    r = {"quick": q, "python": platform.python_version(), "cpus": os.cpu_count()}
+    r["tuple_per_s"], r["mpqueue_tuple_per_s"] = one_way(n, TUPLE, repeat)
+    r["kib_per_s"], r["mpqueue_kib_per_s"] = one_way(n, KIB, repeat)
+    r["round_trip_us"], r["pipe_round_trip_us"] = round_trip(trips, repeat)
+    r["array"] = big_array(2 if q else 3)
+    r["start_ms"], r["mp_fork_start_ms"] = start_to_first(3 if q else 10)
+    r["pool"] = pool_map(16, 150_000 if q else 400_000, 1 if q else 2)
+    r["node"] = node(n, trips)
+    nd = r["node"]
+    targets = {
+        "one-way tuple >= 3x mp.Queue": r["tuple_per_s"] / r["mpqueue_tuple_per_s"] >= 3,
+        "one-way 1 KiB >= 3x mp.Queue": r["kib_per_s"] / r["mpqueue_kib_per_s"] >= 3,
+        "round trip < mp.Pipe": r["round_trip_us"] < r["pipe_round_trip_us"],
+        "round trip < Node": r["round_trip_us"] < nd.get("round_trip_us", 0),
+        "256 MiB shared >= 20x Pipe": r["array"]["pipe_ms"] / r["array"]["shared_ms"] >= 20,
+        "256 MiB transfer >= 4x Pipe": r["array"]["pipe_ms"] / r["array"]["transfer_ms"] >= 4,
+        "start <= 1.5x mp fork and <= 5 ms": r["start_ms"] <= 1.5 * r["mp_fork_start_ms"] and r["start_ms"] <= 5,
+        "WorkerPool.map >= 1.85x serial": r["pool"]["workerpool_speedup"] >= 1.85,
+    }
+    r["targets_met"] = targets
+    rows = [
+        ("one-way tuple(3 ints) msg/s", r["tuple_per_s"], r["mpqueue_tuple_per_s"], nd.get("one_way_tuple_per_s")),
+        ("one-way 1 KiB bytes msg/s", r["kib_per_s"], r["mpqueue_kib_per_s"], nd.get("one_way_1k_per_s")),
+        ("round trip us (peer: mp.Pipe)", r["round_trip_us"], r["pipe_round_trip_us"], nd.get("round_trip_us")),
+        ("256 MiB SharedBuffer sum ms (peer: Pipe)", r["array"]["shared_ms"], r["array"]["pipe_ms"], None),
+        ("256 MiB transfer sum ms (peer: Pipe)", r["array"]["transfer_ms"], r["array"]["pipe_ms"], None),
+        ("start to first msg ms (peer: mp fork)", r["start_ms"], r["mp_fork_start_ms"], nd.get("start_ms")),
+        ("pool.map 2 workers s (peer: PPE)", r["pool"]["workerpool_s"], r["pool"]["processpool_s"], None),
+    ]
+    print(f"{'benchmark':44} {'pyclusterc':>12} {'python peer':>12} {'ratio':>7} {'node':>12}")
+    for name, ours, peer, nv in rows:
+        ratio = ours / peer if "/s" in name else peer / ours
+        print(f"{name:44} {ours:12.1f} {peer:12.1f} {ratio:6.2f}x {nv if nv is None else round(nv, 1)!s:>12}")
+    print(f"serial {r['pool']['serial_s']:.2f} s: WorkerPool {r['pool']['workerpool_speedup']:.2f}x, "
+          f"ProcessPoolExecutor {r['pool']['processpool_speedup']:.2f}x")
+    for k, v in targets.items():
+        print(f"  [{'met' if v else 'NOT met'}] {k}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

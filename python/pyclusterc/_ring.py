@@ -1,0 +1,288 @@
+"""The transport under Worker and MessagePort: two shared-memory rings plus a channel.
+
+Each direction has a single-producer ring in a SharedBuffer, so a small message costs
+a pickle and a memcpy, not a system call. The SOCK_SEQPACKET channel next to the rings
+(channel.py) carries what a ring cannot: messages with fds (SharedBuffers, sockets,
+ports, transfers) and large ones, each announced by a MARKER record in the ring so the
+order of messages is kept. It is also the doorbell: a reader with nothing to read sets
+its ring's ``sleeping`` flag and polls the socket; a writer that sees the flag sends one
+empty DOORBELL packet. The socket's hang-up is how a reader learns its peer is gone.
+"""
+import collections
+import os
+import select
+import socket
+import struct
+import threading
+import time
+import weakref
+
+from ._core import check, ffi, lib
+from .channel import Channel, ChannelClosed
+from .shared import SharedBuffer
+
+__all__ = ["Endpoint", "endpoint_pair", "wait_any", "ChannelClosed"]
+
+# Record kinds (channel.py reserves < 32).
+DATA = 2
+ONLINE = 32
+ERROR = 33
+MARKER = 34       # the message itself is the next non-doorbell packet on the socket
+DOORBELL = 35     # socket only: "the ring has data"
+_WRAP = 255       # ring only: the rest of the ring is padding
+
+_RING_BYTES = 1 << 20          # per direction
+_CELLS = 64                    # header: head, tail, sleeping (int64 each), padded
+_HEAD, _TAIL, _SLEEPING = 0, 1, 2
+_RECORD = struct.Struct("<II")  # payload length, kind
+_SPIN_NS = 50_000              # poll the ring this long before sleeping (round-trip latency)
+
+_load = lib.pc_load_i64
+_store = lib.pc_store_i64
+_exchange = lib.pc_exchange_i64
+
+
+class _Ring:
+    """One direction. Exactly one thread writes (under Endpoint's lock), one reads."""
+
+    def __init__(self, buf):
+        self.buf = buf
+        self.cells = memoryview(buf)[:_CELLS]
+        self.ptr = ffi.from_buffer(self.cells)
+        self.data = memoryview(buf)[_CELLS:]
+        self.cap = len(self.data)
+        self.mask = self.cap - 1
+        self.max_record = self.cap // 4
+        self.head = _load(self.ptr, _HEAD)   # reader's position
+        self.tail = _load(self.ptr, _TAIL)   # writer's position
+        self.seen_tail = self.tail           # the reader's last look at tail
+        self.seen_head = self.head           # the writer's last look at head
+
+    def put(self, kind, payload):
+        """Append one record; False when the ring has no room for it now."""
+        n = len(payload)
+        size = 8 + ((n + 7) & ~7)
+        tail = self.tail
+        off = tail & self.mask
+        need = size + (self.cap - off if off + size > self.cap else 0)
+        if self.cap - (tail - self.seen_head) < need:
+            self.seen_head = _load(self.ptr, _HEAD)
+            if self.cap - (tail - self.seen_head) < need:
+                return False
+        if off + size > self.cap:
+            _RECORD.pack_into(self.data, off, 0, _WRAP)
+            tail += self.cap - off
+            off = 0
+        _RECORD.pack_into(self.data, off, n, kind)
+        self.data[off + 8:off + 8 + n] = payload
+        self.tail = tail + size
+        _store(self.ptr, _TAIL, self.tail)   # seq-cst: the record is visible first
+        return True
+
+    def has_data(self):
+        if self.head != self.seen_tail:
+            return True
+        self.seen_tail = _load(self.ptr, _TAIL)
+        return self.head != self.seen_tail
+
+    def get(self):
+        """(kind, payload bytes) or None."""
+        if not self.has_data():
+            return None
+        off = self.head & self.mask
+        n, kind = _RECORD.unpack_from(self.data, off)
+        if kind == _WRAP:
+            self.head += self.cap - off
+            off = 0
+            n, kind = _RECORD.unpack_from(self.data, off)
+        payload = self.data[off + 8:off + 8 + n].tobytes()
+        self.head += 8 + ((n + 7) & ~7)
+        _store(self.ptr, _HEAD, self.head)
+        return kind, payload
+
+    def close(self):
+        ffi.release(self.ptr)
+        self.cells.release()
+        self.data.release()
+        self.buf.close()
+
+
+class Endpoint:
+    """One side of a duplex link: send() from any thread, receive from one at a time."""
+
+    def __init__(self, sock_fd, in_buf, out_buf):
+        self.channel = Channel(sock_fd)
+        # The fd closes when nothing uses this endpoint any more (or at close()), so a
+        # thread still polling it never sees the number reused.
+        self._close_fd = weakref.finalize(self, os.close, sock_fd)
+        self.inbox = _Ring(in_buf)
+        self.outbox = _Ring(out_buf)
+        self.pending = collections.deque()   # socket messages whose MARKER is not read yet
+        self.peer_closed = False
+        self.closed = False       # shut down: no more sending
+        self.released = False     # fd and mappings gone
+        self.send_lock = threading.Lock()
+        self.read_lock = threading.RLock()
+        self.spin_ns = _SPIN_NS   # 0 between threads: a spinning reader holds the GIL
+
+    def fileno(self):
+        return self.channel.fd
+
+    # -- sending -------------------------------------------------------------------
+    def send(self, kind, payload, fds=()):
+        """Raises ChannelClosed when the peer is gone (after waiting out a full ring)."""
+        with self.send_lock:
+            if self.closed:
+                raise ChannelClosed("this port is closed")
+            out = self.outbox
+            if fds or len(payload) > out.max_record:
+                self.channel.send_bytes(payload, kind, fds)
+                kind, payload = MARKER, b""
+            if not out.put(kind, payload):
+                self._wait_for_room(kind, payload)
+            if _load(out.ptr, _SLEEPING) and _exchange(out.ptr, _SLEEPING, 0):
+                self.channel.send_bytes(b"", DOORBELL)
+
+    def _wait_for_room(self, kind, payload):
+        # Back-pressure: the reader is behind by a whole ring. Wake it (it may be
+        # asleep with a doorbell lost to nobody) and poll for room or its hang-up.
+        poller = select.poll()
+        poller.register(self.channel.fd, 0)     # POLLHUP/POLLERR are always reported
+        delay = 0.00005
+        while not self.outbox.put(kind, payload):
+            if _exchange(self.outbox.ptr, _SLEEPING, 0):
+                self.channel.send_bytes(b"", DOORBELL)
+            if poller.poll(0):
+                raise ChannelClosed("the other end is gone")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.002)
+
+    # -- receiving -----------------------------------------------------------------
+    def receive(self):
+        """Next (kind, payload, fds) without blocking, or None. ChannelClosed at EOF
+        (after every message the peer sent)."""
+        if self.released:
+            raise ChannelClosed("this end is closed")
+        record = self.inbox.get()
+        if record is None:
+            if self.peer_closed or self.closed:
+                raise ChannelClosed("the other end closed the channel")
+            return None
+        kind, payload = record
+        if kind != MARKER:
+            return kind, payload, ()
+        return self._socket_message()
+
+    def _socket_message(self):
+        while not self.pending:
+            self.channel.wait_readable(-1)
+            self._drain_socket()
+            if self.peer_closed and not self.pending:
+                raise ChannelClosed("the other end closed the channel mid-message")
+        return self.pending.popleft()
+
+    def _drain_socket(self):
+        try:
+            while True:
+                m = self.channel.receive()
+                if m is None:
+                    return
+                if m[0] != DOORBELL:
+                    self.pending.append(m)
+        except (ChannelClosed, OSError):
+            self.peer_closed = True
+
+    def ready(self):
+        return self.closed or self.peer_closed or self.inbox.has_data()
+
+    def wait(self, timeout_ns=-1):
+        """Block until receive() has something (or EOF); False on timeout."""
+        if self.ready():
+            return True
+        spin_end = time.perf_counter_ns() + min(self.spin_ns, timeout_ns if timeout_ns >= 0 else self.spin_ns)
+        while time.perf_counter_ns() < spin_end:
+            if self.inbox.has_data():
+                return True
+        ptr = self.inbox.ptr
+        _exchange(ptr, _SLEEPING, 1)
+        try:
+            if self.ready():
+                return True
+            self.channel.wait_readable(timeout_ns)
+            self._drain_socket()
+            return self.ready()
+        finally:
+            _store(ptr, _SLEEPING, 0)
+
+    # -- lifetime ------------------------------------------------------------------
+    def shutdown(self):
+        """Hang up: the peer reads EOF after our messages; a local wait() wakes."""
+        with self.send_lock:
+            self.closed = True
+            try:
+                s = socket.socket(fileno=self.channel.fd)
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                finally:
+                    s.detach()
+            except OSError:
+                pass
+
+    def close(self):
+        """Release the fd and the mappings (waits for a send in progress)."""
+        with self.send_lock:
+            if self.released:
+                return
+            self.closed = self.released = True
+            self.channel.closed = True
+            self._close_fd()
+            self.inbox.close()
+            self.outbox.close()
+
+    def fds_for_transfer(self):
+        return [self.channel.fd, self.inbox.buf.fileno(), self.outbox.buf.fileno()]
+
+    @classmethod
+    def from_fds(cls, sock_fd, in_buf, out_buf):
+        return cls(sock_fd, in_buf, out_buf)
+
+
+def endpoint_pair():
+    """Two connected Endpoints (a, b): a's inbox is b's outbox and the other way round."""
+    fds = ffi.new("int[2]")
+    check(lib.pc_channel_pair(fds), "cannot create a channel pair")
+    ring_a, ring_b = SharedBuffer(_CELLS + _RING_BYTES), SharedBuffer(_CELLS + _RING_BYTES)
+    # Each endpoint maps the rings on its own, so either side can close independently.
+    a = Endpoint(fds[0], ring_a, ring_b)
+    b = Endpoint(fds[1], _remap(ring_b), _remap(ring_a))
+    return a, b
+
+
+def _remap(buf):
+    return SharedBuffer._from_fd(os.dup(buf.fileno()), buf.name)
+
+
+def wait_any(endpoints, timeout_ns=-1, extra_fds=()):
+    """Wait until one of the endpoints is ready() or an extra fd is readable.
+    Returns the list of ready endpoints (possibly empty after a wake-up or timeout)."""
+    ready = [e for e in endpoints if e.ready()]
+    if ready:
+        return ready
+    for e in endpoints:
+        _exchange(e.inbox.ptr, _SLEEPING, 1)
+    try:
+        ready = [e for e in endpoints if e.ready()]
+        if ready:
+            return ready
+        poller = select.poll()
+        for e in endpoints:
+            poller.register(e.channel.fd, select.POLLIN)
+        for fd in extra_fds:
+            poller.register(fd, select.POLLIN)
+        poller.poll(None if timeout_ns < 0 else timeout_ns / 1e6)
+        for e in endpoints:
+            e._drain_socket()
+        return [e for e in endpoints if e.ready()]
+    finally:
+        for e in endpoints:
+            _store(e.inbox.ptr, _SLEEPING, 0)

@@ -1,0 +1,171 @@
+"""Settings for ``pyclusterc run``: defaults, [tool.pyclusterc] in pyproject.toml or a
+pyclusterc.toml, and the usable CPU count (affinity and cgroup quota)."""
+import math
+import os
+
+DEFAULTS = {
+    "instances": "max",
+    "bind": ["127.0.0.1:8000"],
+    "interface": "auto",
+    "sched": "rr",
+    "threads": None,         # WSGI: chosen per worker when unset
+    "preload": False,
+    "name": None,
+    "env": [],
+    "log_level": "info",
+    "access_log": False,
+    "kill_timeout": 1.6,     # PM2's default, in seconds
+    "app_dir": None,
+}
+
+# Keys accepted in a config file (dashes or underscores) and the type each must have.
+_FILE_TYPES = {
+    "app": str, "instances": (int, str), "bind": (str, list), "interface": str,
+    "sched": str, "threads": int, "preload": bool, "name": str, "env": (list, dict),
+    "log_level": str, "access_log": bool, "kill_timeout": (int, float), "app_dir": str,
+}
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message is one line naming the setting and what is accepted."""
+
+
+def load_file(directory="."):
+    """Settings from ./pyclusterc.toml, else [tool.pyclusterc] in ./pyproject.toml.
+
+    Returns (settings, source path or None)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            return {}, None
+    for name, table in (("pyclusterc.toml", None), ("pyproject.toml", ("tool", "pyclusterc"))):
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read {path}: {e}") from None
+        for key in table or ():
+            data = data.get(key, {})
+        if not data:
+            continue
+        return _check_file_settings(data, path), path
+    return {}, None
+
+
+def _check_file_settings(data, path):
+    settings = {}
+    for raw_key, value in data.items():
+        key = raw_key.replace("-", "_")
+        expected = _FILE_TYPES.get(key)
+        if expected is None:
+            raise ConfigError(f"{path}: unknown setting {raw_key!r}; accepted: "
+                              f"{', '.join(sorted(k.replace('_', '-') for k in _FILE_TYPES))}")
+        if not isinstance(value, expected) or isinstance(value, bool) and expected is not bool:
+            raise ConfigError(f"{path}: setting {raw_key!r} has the wrong type ({type(value).__name__})")
+        if key == "bind" and isinstance(value, str):
+            value = [value]
+        if key == "env" and isinstance(value, dict):
+            value = [f"{k}={v}" for k, v in value.items()]
+        settings[key] = value
+    return settings
+
+
+# ---- CPUs ---------------------------------------------------------------------------
+
+def cgroup_v2_limit(cpu_max_text):
+    """CPUs allowed by a cgroup v2 ``cpu.max`` ("QUOTA PERIOD" or "max PERIOD"), or None."""
+    parts = cpu_max_text.split()
+    if len(parts) != 2 or parts[0] == "max":
+        return None
+    quota, period = int(parts[0]), int(parts[1])
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def cgroup_v1_limit(quota_text, period_text):
+    """CPUs allowed by cgroup v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (-1 = none)."""
+    quota, period = int(quota_text.strip()), int(period_text.strip())
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def _own_cgroup_paths(proc_cgroup_text):
+    """{controller or "" (v2): path} from /proc/self/cgroup."""
+    paths = {}
+    for line in proc_cgroup_text.splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else [""]:
+            paths[controller] = path
+    return paths
+
+
+def cgroup_cpu_limit(root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
+    """The CPU quota of this process's cgroup (walking up to the root), or None."""
+    try:
+        with open(proc_cgroup) as f:
+            paths = _own_cgroup_paths(f.read())
+    except OSError:
+        paths = {}
+    limits = []
+    if "" in paths:  # cgroup v2: every level's cpu.max caps the ones below it
+        path = paths[""]
+        while True:
+            text = _read(os.path.join(root, path.lstrip("/"), "cpu.max"))
+            if text is not None:
+                limits.append(cgroup_v2_limit(text))
+            if path in ("/", ""):
+                break
+            path = os.path.dirname(path)
+    for controller in ("cpu", "cpu,cpuacct"):
+        if controller in paths:
+            for base in (os.path.join(root, "cpu,cpuacct"), os.path.join(root, "cpu")):
+                here = os.path.join(base, paths[controller].lstrip("/"))
+                for directory in (here, base):
+                    quota = _read(os.path.join(directory, "cpu.cfs_quota_us"))
+                    period = _read(os.path.join(directory, "cpu.cfs_period_us"))
+                    if quota is not None and period is not None:
+                        limits.append(cgroup_v1_limit(quota, period))
+    limits = [x for x in limits if x is not None]
+    return min(limits) if limits else None
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def usable_cpus(root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
+    """min(affinity, ceil(cgroup quota)), never below 1."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = cgroup_cpu_limit(root, proc_cgroup)
+    if quota is not None:
+        count = min(count, math.ceil(quota))
+    return max(1, count)
+
+
+def resolve_instances(value, cpus=None):
+    """N | "max" | -N (max minus N) -> a worker count >= 1; ConfigError otherwise."""
+    text = str(value).strip()
+    cpus = usable_cpus() if cpus is None else cpus
+    if text == "max" or text == "0":
+        return cpus
+    try:
+        number = int(text)
+    except ValueError:
+        raise ConfigError(f"invalid instance count {value!r}: use a positive number, 'max' "
+                          "or -N (all usable CPUs but N)") from None
+    if number < 0:
+        return max(1, cpus + number)
+    if number > 1024:
+        raise ConfigError(f"invalid instance count {value!r}: at most 1024 workers")
+    return number

@@ -1,0 +1,2 @@
+"""`app` exists but is not an app."""
+app = 42
