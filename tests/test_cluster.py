@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from procs import ClusterProcess, http_get, pid_alive
+from procs import ClusterProcess, http_get, pid_alive, response_body
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -79,14 +79,8 @@ def test_queued_connections_survive_a_crash():
         primary.wait_for("exit", id=1)
         bodies = []
         for s in clients:
-            data = b""
-            while True:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            s.close()
-            bodies.append(data.split(b"\r\n\r\n", 1)[-1].decode())
+            with s:
+                bodies.append(response_body(s))
         assert bodies == ["2"] * 10
 
 
