@@ -675,6 +675,8 @@ class Listener:
         self.address = address
         self.listener_id = listener_id
         self._sock = sock
+        self.family = (socket.AF_UNIX if isinstance(address, str)
+                       else socket.AF_INET6 if len(address) == 4 else socket.AF_INET)
         self._queue = collections.deque()  # connections another listener read for us
         # Wakes accept() when a connection lands in _queue or the listener closes.
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) if sock is None else None
@@ -714,15 +716,24 @@ class Listener:
         """Block until a connection arrives: returns (socket, address)."""
         if self.closed:
             raise ValueError("accept() on a closed Listener")
-        if self._sock is not None:
-            self._sock.settimeout(timeout)
-            try:
-                conn, peer = self._sock.accept()
-            finally:
-                if not self.closed:
-                    self._sock.setblocking(False)
-            return self._owner.track(conn), peer
         import select
+        if self._sock is not None:
+            # The socket stays non-blocking: under `none` every worker shares its open
+            # file description, so toggling the flag here would change it for all.
+            deadline = None if timeout is None else _monotonic() + timeout
+            while True:
+                try:
+                    conn, peer = self._sock.accept()
+                    conn.setblocking(True)
+                    return self._owner.track(conn), peer
+                except BlockingIOError:
+                    pass
+                left = None if deadline is None else max(0.0, deadline - _monotonic())
+                if left == 0.0:
+                    raise TimeoutError(f"no connection on {self!r} within {timeout} s")
+                select.select([self._sock], [], [], left)
+                if self.closed:
+                    raise ValueError("the Listener was closed")
         deadline = None if timeout is None else _monotonic() + timeout
         while True:
             got = self._poll()
@@ -920,7 +931,8 @@ class _WorkerSelf(EventEmitter):
                         os.close(fd)
                     continue
                 listener_id, peer = _decode_peer(payload)
-                sock = _TrackedSocket(fileno=fds[0])
+                # Family, type and proto given: the socket need not probe the fd (3 syscalls).
+                sock = _TrackedSocket(listener.family, socket.SOCK_STREAM, 0, fileno=fds[0])
                 sock._slot = self._slot
                 if self._slot is not None:
                     self._slot.connection_received()
