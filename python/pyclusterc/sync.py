@@ -61,10 +61,13 @@ class Mutex(_SharedWords):
 
     def acquire(self, blocking=True, timeout=None):
         """Returns True once held, False on timeout (or when busy and not blocking)."""
-        if not blocking:
-            return lib.pc_mutex_trylock(self._ptr) == 0
         ptr = self._ptr
-        rc = call_restarting(lambda left: lib.pc_mutex_lock(ptr, left, SPIN), timeout_ns(timeout))
+        ns = -1 if timeout is None else timeout_ns(timeout)
+        if lib.pc_mutex_trylock(ptr) == 0:
+            return True  # uncontended: one call
+        if not blocking:
+            return False
+        rc = call_restarting(lambda left: lib.pc_mutex_lock(ptr, left, SPIN), ns)
         return _acquired(rc, "Mutex.acquire")
 
     def release(self):
