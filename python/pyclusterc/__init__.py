@@ -4,6 +4,7 @@ from .shared import (BigInt64Array, BigUint64Array, Float32Array, Float64Array, 
                      Int16Array, Int32Array, SharedBuffer, TypedArray, Uint8Array, Uint16Array,
                      Uint32Array)
 from .sync import Barrier, Condition, Mutex, Semaphore
+from .control import ready
 from .pool import WorkerDied, WorkerPool
 from .workers import (BroadcastChannel, MessageChannel, MessagePort, Worker, WorkerError,
                       receive_message_on_port)
@@ -16,5 +17,5 @@ __all__ = [
     "BigInt64Array", "BigUint64Array", "Float32Array", "Float64Array",
     "Mutex", "Condition", "Semaphore", "Barrier",
     "Worker", "WorkerError", "MessageChannel", "MessagePort", "BroadcastChannel",
-    "receive_message_on_port", "WorkerPool", "WorkerDied",
+    "receive_message_on_port", "WorkerPool", "WorkerDied", "ready",
 ]

@@ -6,10 +6,13 @@ that cannot load the app exits with APP_LOAD_ERROR after telling the primary why
 the primary prints that once and stops instead of respawning in a loop.
 """
 import argparse
+import collections
 import gc
+import heapq
 import importlib
 import importlib.util
 import inspect
+import itertools
 import json
 import os
 import selectors
@@ -19,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 
 from . import config as settings_file
 from .config import ConfigError
@@ -29,8 +33,6 @@ APP_LOAD_ERROR = 4
 _ENV_SETTINGS = "PYCLUSTERC_RUN_SETTINGS"
 _INTERFACES = ("auto", "asgi", "wsgi", "script")
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
-# Too many crashes in this window (seconds) per worker slot: stop instead of respawning.
-_CRASH_WINDOW, _CRASHES_PER_WORKER = 10.0, 5
 
 
 class UsageError(Exception):
@@ -92,7 +94,63 @@ def build_parser():
     run.add_argument("--kill-timeout", type=_seconds, metavar="SECONDS",
                      help="on stop, how long in-flight requests may take before workers are "
                           "killed (default 1.6, PM2's; '1600ms' also works)")
+    pm = run.add_argument_group("process management (PM2's names; durations in seconds or '500ms')")
+    pm.add_argument("--listen-timeout", type=_seconds, metavar="SECONDS",
+                    help="on reload, how long a new worker may take to listen (or to call "
+                         "pyclusterc.ready() with --wait-ready) before the old one is replaced "
+                         "anyway (default 3)")
+    pm.add_argument("--wait-ready", action="store_true", default=None,
+                    help="a worker is ready when it calls pyclusterc.ready(), not when it listens")
+    pm.add_argument("--max-restarts", type=_count, metavar="N",
+                    help="stop after N crashes in a row, each before --min-uptime (default 16)")
+    pm.add_argument("--min-uptime", type=_seconds, metavar="SECONDS",
+                    help="a worker that dies sooner counts as unstable (default 1)")
+    pm.add_argument("--exp-backoff-restart-delay", type=_seconds, metavar="SECONDS",
+                    help="wait this long before restarting a crashed worker, x1.5 per crash in a "
+                         "row up to 15 s, reset after 30 s up (default: restart at once)")
+    pm.add_argument("--max-memory-restart", type=_memory, metavar="SIZE",
+                    help="replace a worker (gracefully) whose RSS passes SIZE, e.g. 300M or 1G")
+    pm.add_argument("--max-requests", type=_count, metavar="N",
+                    help="replace a worker (gracefully) after about N requests (default 0: never)")
+    pm.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                    help="kill and replace a worker whose loop made no progress for this long "
+                         "(default 30; 0 turns it off)")
+    for command, text in (("status", "show the workers of a running cluster"),
+                          ("reload", "replace every worker, one at a time, without dropping a request"),
+                          ("restart", "replace every worker at once"),
+                          ("stop", "stop a running cluster gracefully"),
+                          ("metrics", "print a running cluster's metrics in Prometheus text format"),
+                          ("monit", "show the status table, refreshed, until Ctrl-C"),
+                          ("scale", "set the worker count of a running cluster")):
+        sub = commands.add_parser(command, help=text, description=text + ".")
+        sub.error = parser.error
+        if command == "scale":
+            sub.add_argument("count", metavar="N", type=_positive_int, help="the new worker count")
+        sub.add_argument("name", metavar="NAME", nargs="?", default="default",
+                         help="the cluster's --name (default: default)")
+        if command == "monit":
+            sub.add_argument("--interval", type=_seconds, default=1.0, metavar="SECONDS",
+                             help="refresh period (default 1)")
+            sub.add_argument("--once", action="store_true", help="print the table once and exit")
     return parser
+
+
+def _count(text):
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+_MEMORY_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _memory(text):
+    """PM2's sizes: 1024 (bytes), 512K, 300M, 1G (powers of 1024)."""
+    upper = text.strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = (upper[:-1], upper[-1]) if upper[-1:].isalpha() else (upper, "")
+    if unit not in _MEMORY_UNITS or not number.replace(".", "", 1).isdigit() or float(number) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size like 300M, 1G or 512K, got {text!r}")
+    return int(float(number) * _MEMORY_UNITS[unit])
 
 
 def _positive_int(text):
@@ -129,6 +187,20 @@ def resolve_settings(args, directory="."):
         if merged[key] not in choices:
             raise ConfigError(f"invalid {key.replace('_', '-')} {merged[key]!r}; use one of {', '.join(choices)}")
     merged["instances"] = settings_file.resolve_instances(merged["instances"])
+    if isinstance(merged["max_memory_restart"], str):
+        try:
+            merged["max_memory_restart"] = _memory(merged["max_memory_restart"])
+        except argparse.ArgumentTypeError as e:
+            raise ConfigError(f"invalid max-memory-restart: {e}") from None
+    for key in ("listen_timeout", "min_uptime", "timeout", "kill_timeout"):
+        if merged[key] < 0:
+            raise ConfigError(f"invalid {key.replace('_', '-')} {merged[key]!r}: expected seconds >= 0")
+    if merged["name"] is not None:
+        from .control import ControlError, check_name
+        try:
+            check_name(merged["name"])
+        except ControlError as e:
+            raise UsageError(str(e)) from None
     env = {}
     for item in merged["env"]:
         key, sep, value = item.partition("=")
@@ -423,10 +495,17 @@ def _fail(message, details=None):
     raise SystemExit(APP_LOAD_ERROR)
 
 
-def worker_main(settings, app=None, interface=None):
+def worker_main(settings, app=None, interface=None, close_fds=()):
     """Load (unless preloaded), listen on every bind, serve until told to stop."""
     from . import cluster
+    for fd in close_fds:  # a forked (preloaded) worker: the primary's own loop fds
+        try:
+            os.close(fd)
+        except OSError:
+            pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # until the stop hooks are in place
+    for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):  # meant for the primary
+        signal.signal(signum, signal.SIG_IGN)
     if threading.current_thread() is threading.main_thread():
         signal.set_wakeup_fd(-1)  # a preloaded worker must not wake its primary's loop
     for key, value in settings["env"].items():
@@ -452,7 +531,7 @@ def worker_main(settings, app=None, interface=None):
     slot = getattr(cluster.worker, "_slot", None)
     options = {"log_level": settings["log_level"], "access_log": settings["access_log"],
                "kill_timeout": settings["kill_timeout"], "threads": settings["threads"],
-               "slot": slot}
+               "slot": slot, "heartbeat": _heartbeat(slot)}
     if interface == "asgi":
         from . import serve_asgi
         code = serve_asgi.run(app, listeners, options, on_stop)
@@ -464,6 +543,16 @@ def worker_main(settings, app=None, interface=None):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # daemon threads (channel reader, pools) must not delay the exit
+
+
+def _heartbeat(slot):
+    """A callable stamping this worker's scoreboard slot: its loop is making progress
+    (the primary kills a worker whose stamp is older than --timeout)."""
+    if slot is None:
+        return lambda: None
+    from .cluster import _U64_HEARTBEAT
+    u64 = slot.u64
+    return lambda: u64.store(_U64_HEARTBEAT, time.monotonic_ns())
 
 
 def _run_script(settings):
@@ -566,7 +655,223 @@ class OutputRelay:
         self.thread.join(timeout)
 
 
+class Timers:
+    """One-shot timers run by the primary's loop. cluster.py's loop has no timer hook, so
+    a helper thread sleeps until the earliest deadline and wakes the loop through a pipe
+    the loop watches; the callbacks themselves run in the loop's thread."""
+
+    def __init__(self, watch):
+        self.heap = []
+        self.sequence = itertools.count()
+        self.cond = threading.Condition()
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        watch(self.wake_r, self.run_due)
+        threading.Thread(target=self._sleeper, name="pyclusterc-timers", daemon=True).start()
+
+    def call_later(self, delay, callback):
+        """Returns a handle; handle.cancelled = True stops it from running."""
+        handle = types.SimpleNamespace(when=time.monotonic() + max(0.0, delay), callback=callback,
+                                       cancelled=False)
+        with self.cond:
+            heapq.heappush(self.heap, (handle.when, next(self.sequence), handle))
+            self.cond.notify()
+        return handle
+
+    def _sleeper(self):
+        with self.cond:
+            while True:
+                if not self.heap:
+                    self.cond.wait()
+                    continue
+                left = self.heap[0][0] - time.monotonic()
+                if left > 0:
+                    self.cond.wait(left)
+                    continue
+                try:
+                    os.write(self.wake_w, b"t")
+                except BlockingIOError:
+                    pass
+                self.cond.wait()  # until run_due has taken what is due
+
+    def run_due(self):
+        try:
+            os.read(self.wake_r, 4096)
+        except BlockingIOError:
+            pass
+        while True:
+            with self.cond:
+                if not self.heap or self.heap[0][0] > time.monotonic():
+                    self.cond.notify()
+                    return
+                handle = heapq.heappop(self.heap)[2]
+            if not handle.cancelled:
+                handle.callback()
+
+    def sleep_until_next(self):
+        """Outside the loop (it returned with no worker left): wait for the next timer."""
+        with self.cond:
+            when = self.heap[0][0] if self.heap else time.monotonic()
+        time.sleep(max(0.0, when - time.monotonic()))
+        self.run_due()
+
+
+class _WorkerInfo:
+    """What the primary remembers about a worker beyond cluster.Worker: its start time
+    and its slot's history (a replacement inherits restarts and the crash streak)."""
+
+    def __init__(self, restarts=0, unstable=0, backoff=0.0):
+        self.started = time.monotonic()
+        self.restarts = restarts
+        self.unstable = unstable  # crashes in a row, each before --min-uptime
+        self.backoff = backoff    # the last --exp-backoff-restart-delay used
+        self.listens = 0
+        self.ready = False
+        self.retiring = False
+
+
+class _Replace:
+    """Replace workers `batch` at a time (1: rolling reload, all: restart): fork a new
+    one, wait until it is ready (or --listen-timeout), then disconnect the old one and
+    let it drain within --kill-timeout. A new worker that dies first aborts the job and
+    leaves the old ones serving."""
+
+    def __init__(self, primary, what, batch, respond=None, choose=None):
+        self.primary = primary
+        self.what = what
+        self.batch = batch
+        self.respond = respond
+        self.choose = choose or primary.serving_workers
+        self.pending = {}   # new worker id -> (old worker, listen timer)
+        self.replaced = []
+
+    def start(self):
+        self.queue = list(self.choose())
+        self.started = time.monotonic()
+        self.fill()
+
+    def fill(self):
+        primary = self.primary
+        while self.queue and len(self.pending) < self.batch and not primary.stopping:
+            old = self.queue.pop(0)
+            if old.is_dead() or primary.info[old.id].retiring:
+                continue
+            new = primary.spawn(primary.info[old.id], crashed=False)
+            timer = primary.timers.call_later(primary.settings["listen_timeout"],
+                                              lambda n=new: self.on_ready(n, timed_out=True))
+            self.pending[new.id] = (old, timer)
+        if not self.pending:
+            self.finish()
+
+    def on_ready(self, worker, timed_out=False):
+        entry = self.pending.pop(worker.id, None)
+        if entry is None:
+            return False
+        old, timer = entry
+        timer.cancelled = True
+        if timed_out:
+            print(f"pyclusterc: worker {worker.id} not ready within --listen-timeout "
+                  f"{self.primary.settings['listen_timeout']:g} s; replacing worker {old.id} anyway", flush=True)
+        self.replaced.append((old.pid, worker.pid))
+        self.primary.retire(old)
+        self.fill()
+        return True
+
+    def on_exit(self, worker, how):
+        """A new worker died before it was ready: stop here, keep the old ones."""
+        entry = self.pending.pop(worker.id, None)
+        if entry is None:
+            return False
+        entry[1].cancelled = True
+        self.queue = []
+        self.error = f"{self.what} stopped: new worker {worker.id} died before it was ready ({how})"
+        print(f"pyclusterc: {self.error}; the old workers keep serving", flush=True)
+        if not self.pending:
+            self.finish()
+        return True
+
+    def cancel(self):
+        if self.respond is not None:
+            self.respond({"ok": False, "error": f"{self.what} stopped: the cluster is stopping"})
+
+    def finish(self):
+        primary = self.primary
+        error = getattr(self, "error", None)
+        if error is None and self.replaced:
+            primary.reloads += 1
+            message = f"{self.what}: replaced {len(self.replaced)} worker(s) in {time.monotonic() - self.started:.1f} s"
+            print(f"pyclusterc: {message}", flush=True)
+        else:
+            message = error or f"{self.what}: no worker to replace"
+        if self.respond is not None:
+            self.respond({"ok": error is None, "message": message, "error": error,
+                          "replaced": self.replaced})
+        primary.job_done(self)
+
+
+class _Scale:
+    """Fork or retire workers until `count` are serving; done when the new ones are
+    ready (or --listen-timeout) and the retired ones have exited."""
+
+    def __init__(self, primary, count, respond=None):
+        self.primary = primary
+        self.count = count
+        self.respond = respond
+        self.waiting = set()
+
+    def start(self):
+        primary = self.primary
+        serving = primary.serving_workers()
+        primary.wanted = self.count
+        self.before = len(serving)
+        for _ in range(self.count - len(serving)):
+            new = primary.spawn()
+            self.waiting.add(new.id)
+            primary.timers.call_later(primary.settings["listen_timeout"], lambda n=new: self.on_ready(n))
+        for old in sorted(serving, key=lambda w: w.id, reverse=True)[:max(0, len(serving) - self.count)]:
+            self.waiting.add(old.id)
+            primary.retire(old)
+        if not self.waiting:
+            self.finish()
+
+    def on_ready(self, worker, timed_out=False):
+        return self._done_with(worker)
+
+    def on_exit(self, worker, how):
+        return self._done_with(worker)
+
+    def _done_with(self, worker):
+        if worker.id not in self.waiting:
+            return False
+        self.waiting.discard(worker.id)
+        if not self.waiting:
+            self.finish()
+        return False  # exits still get the usual handling (a crash is restarted)
+
+    def cancel(self):
+        if self.respond is not None:
+            self.respond({"ok": False, "error": "scale stopped: the cluster is stopping"})
+
+    def finish(self):
+        message = f"scaled from {self.before} to {self.count} worker(s)"
+        print(f"pyclusterc: {message}", flush=True)
+        if self.respond is not None:
+            self.respond({"ok": True, "message": message})
+        self.primary.job_done(self)
+
+
+def _rss(pid):
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Primary:
+    # Restart delays grow x1.5 up to this; a worker up this long resets them (PM2's values).
+    _BACKOFF_MAX, _BACKOFF_RESET = 15.0, 30.0
+    _CHECK_PERIOD = 1.0  # --timeout, --max-memory-restart, --max-requests
+
     def __init__(self, settings, preloaded=None):
         from . import cluster
         self.cluster = cluster
@@ -575,55 +880,132 @@ class Primary:
         self.relay = OutputRelay()
         self.stopping = False
         self.app_error = None
-        self.crashes = []
-        self.ready = set()
+        self.started = time.monotonic()
+        self.wanted = settings["instances"]
+        self.info = {}             # worker id -> _WorkerInfo
+        self.jobs = collections.deque()
+        self.announced = False
+        self.restarts = 0
+        self.reloads = 0
+        self.respawns_due = 0
+        self.stop_replies = []
+        self.control = None
+        self.timers = None
 
     def start(self):
         cluster = self.cluster
         cluster.on("message", self.on_message)
         cluster.on("exit", self.on_exit)
         cluster.on("listening", self.on_listening)
-        env = {_ENV_SETTINGS: json.dumps(self.settings)}
-        self.fork_env = env
+        cluster.on("ready", self.on_ready_message)
+        self.fork_env = {_ENV_SETTINGS: json.dumps(self.settings)}
+        self.timers = Timers(cluster._state.watch)
+        self.start_control()
         if self.preloaded is not None:
             app, interface = self.preloaded
-            cluster.setup_primary(fork=True, target=lambda: worker_main(self.settings, app, interface))
+            primary_fds = self.primary_only_fds()
+            cluster.setup_primary(fork=True, target=lambda: worker_main(self.settings, app, interface,
+                                                                       close_fds=primary_fds))
         self.watch_signals()
-        for _ in range(self.settings["instances"]):
-            self.fork()
+        for _ in range(self.wanted):
+            self.spawn()
         s = self.settings
         print(f"pyclusterc: {s['instances']} worker{'s' if s['instances'] != 1 else ''} "
               f"({s['interface']}, sched {s['sched']}) for {s['target']}"
               + (f" [{s['name']}]" if s["name"] else ""), flush=True)
-        cluster.run()
+        self.timers.call_later(self._CHECK_PERIOD, self.check_limits)
+        try:
+            while True:
+                cluster.run()
+                if self.stopping or not self.respawns_due:
+                    break
+                self.timers.sleep_until_next()  # every worker is waiting out its restart delay
+        finally:
+            self.cancel_jobs()
+            if self.control is not None:
+                self.control.close()
         self.relay.drain()
+        code = 0
         if self.app_error is not None:
             message, details = self.app_error
             if details:
                 sys.stderr.write(details if details.endswith("\n") else details + "\n")
             print(f"pyclusterc: error: {message}", file=sys.stderr, flush=True)
-            return 1
-        if self.crashes and not self.stopping:
-            return 1
-        print("pyclusterc: stopped", flush=True)
-        return 0
+            code = 1
+        else:
+            print("pyclusterc: stopped", flush=True)
+        for respond in self.stop_replies:
+            respond({"ok": code == 0, "message": "stopped", "error": self.app_error and self.app_error[0]})
+        return code
 
-    def fork(self):
-        return self.relay.fork(lambda: self.cluster.fork(self.fork_env))
+    def primary_only_fds(self):
+        """Fds a preloaded (forked) worker must close: they belong to the primary's loop."""
+        fds = [self.timers.wake_r, self.timers.wake_w]
+        if self.control is not None:
+            fds.append(self.control.sock.fileno())
+        return fds
 
-    def watch_signals(self):
-        """TERM/INT are acted on in the cluster loop, not inside the handler (which may
-        interrupt the main thread while it holds a channel's send lock): the handler only
-        records, and the wakeup fd makes the loop call back. cluster.py has no public
-        hook for an extra fd, hence _state.watch."""
+    # -- the control socket -----------------------------------------------------------
+    def start_control(self):
+        from .control import ControlError, ControlServer
+        name = self.settings["name"]
         state = self.cluster._state
-        if not hasattr(state, "watch"):
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, self.on_stop_signal)
+        server = ControlServer(name or "default", self.on_control, state.watch, state.unwatch)
+        try:
+            server.start()
+        except ControlError as e:
+            if name is not None:
+                raise UsageError(str(e)) from None
+            # Unnamed clusters share "default": a second one runs without control commands.
+            print(f"pyclusterc: warning: {e}; running without a control socket", file=sys.stderr, flush=True)
             return
+        self.control = server
+
+    def on_control(self, request, respond):
+        cmd = request["cmd"]
+        if cmd in ("status", "metrics"):
+            respond(self.status())
+        elif cmd == "reload":
+            self.enqueue(_Replace(self, "reload", 1, respond))
+        elif cmd == "restart":
+            self.enqueue(_Replace(self, "restart", 1 << 30, respond))
+        elif cmd == "scale":
+            count = request.get("count")
+            if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 1024:
+                respond({"ok": False, "error": f"invalid worker count {count!r}: use 1 to 1024"})
+                return
+            self.enqueue(_Scale(self, count, respond))
+        elif cmd == "stop":
+            self.stop_replies.append(respond)
+            self.stop()
+
+    def status(self):
+        now = time.monotonic()
+        workers = []
+        for worker in sorted(self.cluster.workers.values(), key=lambda w: w.id):
+            info = self.info.get(worker.id) or _WorkerInfo()
+            score = worker.score()
+            state = ("disconnecting" if info.retiring else
+                     "ready" if info.ready and self.settings["wait_ready"] else worker.state)
+            workers.append({"id": worker.id, "pid": worker.pid, "state": state,
+                            "uptime": now - info.started, "restarts": info.restarts,
+                            "requests": score.get("requests", 0), "inflight": score.get("inflight", 0),
+                            "connections": score.get("connections", 0), "rss": _rss(worker.pid)})
+        s = self.settings
+        busy = ", ".join(getattr(job, "what", "scale") for job in self.jobs)
+        return {"name": s["name"] or "default", "pid": os.getpid(), "target": s["target"],
+                "interface": s["interface"], "sched": s["sched"], "uptime": now - self.started,
+                "instances": self.wanted, "restarts": self.restarts, "reloads": self.reloads,
+                "busy": busy, "workers": workers}
+
+    # -- signals: the handler only records; the loop acts (handle_<name>) --------------
+    def watch_signals(self):
+        """Signals are acted on in the cluster loop, not inside the handler (which may
+        interrupt the main thread while it holds a channel's send lock): the handler
+        records, and the wakeup fd makes the loop call back."""
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         received = []
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(signum, lambda signum, frame: received.append(signum))
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
 
@@ -633,49 +1015,186 @@ class Primary:
             except BlockingIOError:
                 pass
             while received:
-                self.on_stop_signal(received.pop(0), None)
-        state.watch(wake_r, on_wakeup)
+                getattr(self, "handle_" + signal.Signals(received.pop(0)).name[3:].lower())()
+        self.cluster._state.watch(wake_r, on_wakeup)
 
-    def on_stop_signal(self, signum, frame):
+    def handle_term(self):
+        self.stop()
+
+    handle_int = handle_term
+
+    def handle_hup(self):
+        self.enqueue(_Replace(self, "reload", 1))
+
+    def handle_ttin(self):
+        self.enqueue(_Scale(self, min(1024, self.wanted + 1)))
+
+    def handle_ttou(self):
+        self.enqueue(_Scale(self, max(1, self.wanted - 1)))
+
+    def stop(self):
         if self.stopping:  # a second TERM/INT: do not wait any longer
             for worker in self.cluster.workers.values():
                 worker.kill("SIGKILL")
             return
         self.stopping = True
+        self.cancel_jobs()
         self.cluster.shutdown(timeout=self.settings["kill_timeout"])
 
+    # -- workers --------------------------------------------------------------------------
+    def spawn(self, lineage=None, crashed=False):
+        """Fork a worker; a replacement inherits its predecessor's history."""
+        worker = self.relay.fork(lambda: self.cluster.fork(self.fork_env))
+        if lineage is None:
+            self.info[worker.id] = _WorkerInfo()
+        else:
+            self.restarts += 1
+            self.info[worker.id] = _WorkerInfo(lineage.restarts + 1, lineage.unstable if crashed else 0,
+                                               lineage.backoff if crashed else 0.0)
+        return worker
+
+    def serving_workers(self):
+        return [w for w in self.cluster.workers.values()
+                if not w.is_dead() and w.id in self.info and not self.info[w.id].retiring]
+
+    def retire(self, worker):
+        """Disconnect on purpose: it drains, then exits; SIGKILL after --kill-timeout."""
+        self.info[worker.id].retiring = True
+        worker.disconnect()
+        self.timers.call_later(self.settings["kill_timeout"],
+                               lambda: worker.is_dead() or worker.kill("SIGKILL"))
+
+    def enqueue(self, job):
+        if self.stopping:
+            if job.respond is not None:
+                job.respond({"ok": False, "error": "the cluster is stopping"})
+            return
+        self.jobs.append(job)
+        if len(self.jobs) == 1:
+            job.start()
+
+    def cancel_jobs(self):
+        jobs = list(self.jobs)
+        self.jobs.clear()
+        for job in jobs:
+            job.cancel()
+
+    def job_done(self, job):
+        if self.jobs and self.jobs[0] is job:
+            self.jobs.popleft()
+            if self.jobs and not self.stopping:
+                self.jobs[0].start()
+
+    # -- cluster events -------------------------------------------------------------------
     def on_message(self, worker, message):
         if isinstance(message, dict) and message.get("pyclusterc") == "app_error":
+            if self.jobs and worker.id in getattr(self.jobs[0], "pending", ()):
+                # A new version that does not load: say why; the old workers keep serving.
+                details = message.get("details")
+                if details:
+                    sys.stderr.write(details if details.endswith("\n") else details + "\n")
+                print(f"pyclusterc: error: {message.get('message')}", file=sys.stderr, flush=True)
+                return
             self.stop_with_error(message.get("message", "the app failed to load"), message.get("details"))
 
     def stop_with_error(self, message, details=None):
         if self.app_error is None:
             self.app_error = (message, details)
         if not self.stopping:
-            self.stopping = True
-            self.cluster.shutdown(timeout=self.settings["kill_timeout"])
+            self.stop()
 
     def on_listening(self, worker, address):
-        self.ready.add(worker.id)
-        if len(self.ready) == self.settings["instances"]:
-            print(f"pyclusterc: ready, {len(self.ready)} workers listening", flush=True)
+        info = self.info.get(worker.id)
+        if info is None:
+            return
+        info.listens += 1
+        if info.listens == max(1, len(self.settings["addresses"])) and not self.settings["wait_ready"]:
+            self.worker_ready(worker)
+
+    def on_ready_message(self, worker):
+        if self.settings["wait_ready"] and worker.id in self.info:
+            self.worker_ready(worker)
+
+    def worker_ready(self, worker):
+        info = self.info[worker.id]
+        if info.ready:
+            return
+        info.ready = True
+        if self.jobs:
+            self.jobs[0].on_ready(worker)
+        if not self.announced:
+            ready = sum(1 for w in self.serving_workers() if self.info[w.id].ready)
+            if ready >= self.wanted:
+                self.announced = True
+                print(f"pyclusterc: ready, {ready} workers "
+                      f"{'ready' if self.settings['wait_ready'] else 'listening'}", flush=True)
 
     def on_exit(self, worker, code, signal_name):
-        self.ready.discard(worker.id)
-        if self.stopping or worker.exited_after_disconnect:
+        info = self.info.pop(worker.id, None) or _WorkerInfo()
+        how = f"signal {signal_name}" if signal_name else f"exit status {code}"
+        if self.jobs and self.jobs[0].on_exit(worker, how):
+            return
+        if info.retiring or self.stopping:
             return
         if code == APP_LOAD_ERROR:
             self.stop_with_error(f"worker {worker.id} could not load the app (exit status {code})")
             return
-        how = f"signal {signal_name}" if signal_name else f"exit status {code}"
-        now = time.monotonic()
-        self.crashes = [t for t in self.crashes if now - t < _CRASH_WINDOW] + [now]
-        if len(self.crashes) > _CRASHES_PER_WORKER * self.settings["instances"]:
-            self.stop_with_error(f"workers keep crashing ({len(self.crashes)} in {_CRASH_WINDOW:.0f} s, "
-                                 f"last: worker {worker.id}, {how}); stopping")
+        s = self.settings
+        uptime = time.monotonic() - info.started
+        info.unstable = info.unstable + 1 if uptime < s["min_uptime"] else 0
+        if info.unstable > s["max_restarts"]:
+            self.stop_with_error(f"worker {worker.id} keeps crashing: {info.unstable} exits in a row, each "
+                                 f"within --min-uptime {s['min_uptime']:g} s (last: {how}); "
+                                 f"--max-restarts is {s['max_restarts']}; stopping")
             return
-        print(f"pyclusterc: worker {worker.id} died ({how}); starting a new one", flush=True)
-        self.fork()
+        delay = 0.0
+        if s["exp_backoff_restart_delay"]:
+            base = s["exp_backoff_restart_delay"]
+            delay = base if not info.backoff or uptime >= self._BACKOFF_RESET else min(info.backoff * 1.5, self._BACKOFF_MAX)
+            info.backoff = delay
+        print(f"pyclusterc: worker {worker.id} died ({how}); starting a new one"
+              + (f" in {delay:.3g} s" if delay else ""), flush=True)
+        if delay:
+            self.respawns_due += 1
+            self.timers.call_later(delay, lambda: self.respawn(info))
+        else:
+            self.spawn(info, crashed=True)
+
+    def respawn(self, lineage):
+        self.respawns_due -= 1
+        if not self.stopping:
+            self.spawn(lineage, crashed=True)
+
+    # -- limits: --timeout, --max-memory-restart, --max-requests --------------------------
+    def check_limits(self):
+        if self.stopping:
+            return
+        from .cluster import _U64_HEARTBEAT
+        s = self.settings
+        now_ns = time.monotonic_ns()
+        for worker in self.serving_workers():
+            heartbeat = worker._slot.u64.load(_U64_HEARTBEAT) if worker._slot else 0
+            if s["timeout"] and heartbeat and now_ns - heartbeat > s["timeout"] * 1e9:
+                print(f"pyclusterc: worker {worker.id} (pid {worker.pid}) is hung: no progress for "
+                      f"{(now_ns - heartbeat) / 1e9:.1f} s (--timeout {s['timeout']:g}); killing it", flush=True)
+                try:
+                    os.kill(worker.pid, signal.SIGKILL)  # on_exit restarts it as a crash
+                except ProcessLookupError:
+                    pass
+                continue
+            if self.jobs:
+                continue  # one replacement at a time; look again next period
+            reason = None
+            if s["max_memory_restart"]:
+                rss = _rss(worker.pid)
+                if rss is not None and rss > s["max_memory_restart"]:
+                    reason = f"RSS {rss / 2**20:.0f} MiB > --max-memory-restart {s['max_memory_restart'] / 2**20:.0f} MiB"
+            if s["max_requests"] and worker.score().get("requests", 0) >= s["max_requests"]:
+                reason = f"{worker.score()['requests']} requests >= --max-requests {s['max_requests']}"
+            if reason:
+                print(f"pyclusterc: worker {worker.id}: {reason}; replacing it", flush=True)
+                self.enqueue(_Replace(self, f"replace worker {worker.id}", 1, choose=lambda w=worker: [w]))
+        self.timers.call_later(self._CHECK_PERIOD, self.check_limits)
 
 
 def run_command(args):
@@ -704,6 +1223,28 @@ def run_command(args):
     return Primary(settings, preloaded).start()
 
 
+def control_command(args):
+    """status | reload | restart | scale N | stop | monit | metrics [NAME]."""
+    from . import control
+    name = control.check_name(args.name)
+    if args.command == "monit":
+        try:
+            control.monit(name, args.interval, args.once)
+        except KeyboardInterrupt:
+            pass
+        return 0
+    if args.command == "status":
+        print(control.format_status(control.request(name, "status", timeout=10.0)))
+    elif args.command == "metrics":
+        sys.stdout.write(control.format_metrics(control.request(name, "metrics", timeout=10.0)))
+    else:
+        fields = {"count": args.count} if args.command == "scale" else {}
+        # These answer when done: every worker replaced, or the primary gone.
+        reply = control.request(name, args.command, timeout=600.0, **fields)
+        print(f"pyclusterc: {name}: {reply.get('message', 'done')}")
+    return 0
+
+
 def main(argv=None):
     from . import cluster
     if cluster.is_worker and _ENV_SETTINGS in os.environ:
@@ -711,9 +1252,15 @@ def main(argv=None):
         worker_main(json.loads(os.environ.pop(_ENV_SETTINGS)))
         return 0
     parser = build_parser()
+    from .control import ControlError
     try:
         args = parser.parse_args(argv)
-        return run_command(args)
+        if args.command == "run":
+            return run_command(args)
+        return control_command(args)
+    except ControlError as e:
+        print(f"pyclusterc: error: {e}", file=sys.stderr)
+        return 1
     except UsageError as e:
         print(f"pyclusterc: error: {e}", file=sys.stderr)
         return 2

@@ -16,6 +16,15 @@ DEFAULTS = {
     "access_log": False,
     "kill_timeout": 1.6,     # PM2's default, in seconds
     "app_dir": None,
+    # Process management, PM2's names and defaults (durations in seconds).
+    "listen_timeout": 3.0,
+    "wait_ready": False,
+    "max_restarts": 16,
+    "min_uptime": 1.0,
+    "exp_backoff_restart_delay": None,
+    "max_memory_restart": None,  # bytes
+    "max_requests": 0,
+    "timeout": 30.0,             # gunicorn's default for a worker that stopped making progress
 }
 
 # Keys accepted in a config file (dashes or underscores) and the type each must have.
@@ -23,6 +32,9 @@ _FILE_TYPES = {
     "app": str, "instances": (int, str), "bind": (str, list), "interface": str,
     "sched": str, "threads": int, "preload": bool, "name": str, "env": (list, dict),
     "log_level": str, "access_log": bool, "kill_timeout": (int, float), "app_dir": str,
+    "listen_timeout": (int, float), "wait_ready": bool, "max_restarts": int,
+    "min_uptime": (int, float), "exp_backoff_restart_delay": (int, float),
+    "max_memory_restart": (int, str), "max_requests": int, "timeout": (int, float),
 }
 
 

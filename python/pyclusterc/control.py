@@ -308,8 +308,9 @@ def format_metrics(reply):
     return "\n".join(lines) + "\n"
 
 
-def monit(name, interval=1.0, once=False, out=sys.stdout):
+def monit(name, interval=1.0, once=False, out=None):
     """Refresh the status table until Ctrl-C (or once)."""
+    out = out or sys.stdout
     clear = "" if once or not out.isatty() else "\x1b[H\x1b[2J"
     while True:
         text = format_status(request(name, "status", timeout=10.0))

@@ -53,6 +53,8 @@ async def _serve(config, listeners, options, on_stop):
                                           app_state=server.lifespan.state, _loop=_loop)
 
     acceptors = [loop.create_task(_accept_loop(loop, listener, create_protocol)) for listener in listeners]
+    if options.get("heartbeat") is not None:
+        acceptors.append(loop.create_task(_beat(options["heartbeat"])))
     try:
         await server.main_loop()
     finally:
@@ -61,8 +63,29 @@ async def _serve(config, listeners, options, on_stop):
         await asyncio.gather(*acceptors, return_exceptions=True)
         for listener in listeners:
             listener.close()
+    await _let_first_requests_in(server, min(1.0, options.get("kill_timeout") or 1.0))
     await server.shutdown()
     return 0
+
+
+async def _beat(beat):
+    """Stamp the scoreboard while the loop runs: an app that blocks the loop stops it,
+    and the primary replaces the worker after --timeout."""
+    while True:
+        beat()
+        await asyncio.sleep(1.0)
+
+
+async def _let_first_requests_in(server, limit):
+    """uvicorn's shutdown closes every connection with no request in progress, including
+    one accepted a moment ago whose request is in flight from the client; a reload would
+    drop that request. Give such connections (no request parsed yet) `limit` seconds to
+    start one; uvicorn then lets it finish."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while loop.time() < deadline and any(getattr(conn, "cycle", True) is None
+                                         for conn in server.server_state.connections):
+        await asyncio.sleep(0.01)
 
 
 async def _accept_loop(loop, listener, create_protocol):

@@ -181,6 +181,8 @@ class WSGIServer:
         self.slot = options.get("slot")
         self.stopping = False
         self.inflight = 0
+        self.finished = 0  # requests handled (progress, for the heartbeat)
+        self.heartbeat = options.get("heartbeat") or (lambda: None)
         self.lock = threading.Lock()
         self.returned = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -216,8 +218,10 @@ class WSGIServer:
                 self.inflight += 1
             pool.submit(self._handle, conn)
 
+        beat = _Progress(self)
         try:
             while True:
+                beat()
                 for key, _ in sel.select(timeout=1.0):
                     data = key.data
                     if data is None:
@@ -315,6 +319,7 @@ class WSGIServer:
         finally:
             with self.lock:
                 self.inflight -= 1
+                self.finished += 1
             if keep:
                 self.returned.put(conn)
             else:
@@ -413,6 +418,26 @@ class WSGIServer:
             print(f'{environ["REMOTE_ADDR"]} - "{environ["REQUEST_METHOD"]} {environ["PATH_INFO"]} '
                   f'{environ["SERVER_PROTOCOL"]}" {response.status_code}', flush=True)
         return response.keep_alive
+
+
+class _Progress:
+    """Stamps the heartbeat at most twice a second, and only while the worker makes
+    progress: a free thread in the pool, or a request finished since the last stamp.
+    A worker whose every thread is stuck in the app stops stamping (--timeout)."""
+
+    def __init__(self, server):
+        self.server = server
+        self.last = 0.0
+        self.finished = -1
+
+    def __call__(self):
+        now = time.monotonic()
+        if now - self.last < 0.5:
+            return
+        server = self.server
+        if server.inflight < server.threads or server.finished != self.finished:
+            self.last, self.finished = now, server.finished
+            server.heartbeat()
 
 
 class _EmptyInput:
