@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
-"""`pyclusterc run` beside uvicorn, gunicorn and granian: hello-world req/s with wrk.
+"""`pyclusterc run` beside uvicorn, gunicorn and granian: hello-world req/s with wrk,
+latency under a mixed load, and worker memory.
 
-    python bench/bench_serve.py            # writes bench/results/serve.json, prints a table
+    python bench/bench_serve.py            # writes bench/results/serve.json + serve.png
     python bench/bench_serve.py --quick    # 2 s runs, prints only
+    python bench/bench_serve.py --only mixed,memory
 
 Same load for everyone: 2 workers, `wrk -t1 -c64`, keep-alive and `Connection: close`,
 on the same (small, shared) machine; servers run one at a time, in a shuffled order.
+Mixed load: 4 concurrent clients (env BENCH_MIXED_CLIENTS), a new connection per request, 10% of requests block
+their worker 20 ms (GET /block); p99 of the other (fast) requests. Memory: USS per
+worker (psutil) of a Flask app after 200 requests, with and without --preload.
 """
 import argparse
 import datetime
@@ -26,6 +31,34 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 BIN = os.path.dirname(sys.executable)
 PY = sys.executable
+MIXED_CLIENTS = int(os.environ.get("BENCH_MIXED_CLIENTS", "4"))
+
+
+def mixed_servers(port):
+    return {
+        "pyclusterc asgi --sched least": [PY, "-m", "pyclusterc", "run", "hello_asgi:app", "-i", "2",
+                                          "--sched", "least", "-b", f"127.0.0.1:{port}", "--log-level", "warning"],
+        "pyclusterc asgi --sched rr": [PY, "-m", "pyclusterc", "run", "hello_asgi:app", "-i", "2",
+                                       "-b", f"127.0.0.1:{port}", "--log-level", "warning"],
+        "uvicorn": [PY, "-m", "uvicorn", "hello_asgi:app", "--workers", "2", "--port", str(port),
+                    "--no-access-log", "--log-level", "warning"],
+        "pyclusterc wsgi (8 threads)": [PY, "-m", "pyclusterc", "run", "hello_wsgi:app", "-i", "2",
+                                        "-b", f"127.0.0.1:{port}", "--log-level", "warning"],
+        "gunicorn gthread (8 threads)": [PY, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "8",
+                                         "-b", f"127.0.0.1:{port}", "hello_wsgi:app"],
+    }
+
+
+def memory_servers(port):
+    return {
+        "pyclusterc --preload": [PY, "-m", "pyclusterc", "run", "flask_app:app", "-i", "2", "--preload",
+                                 "-b", f"127.0.0.1:{port}", "--log-level", "warning"],
+        "pyclusterc": [PY, "-m", "pyclusterc", "run", "flask_app:app", "-i", "2",
+                       "-b", f"127.0.0.1:{port}", "--log-level", "warning"],
+        "gunicorn --preload": [PY, "-m", "gunicorn", "-w", "2", "--preload", "-b", f"127.0.0.1:{port}",
+                               "flask_app:app"],
+        "gunicorn": [PY, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "flask_app:app"],
+    }
 
 
 def servers(port):
@@ -83,59 +116,208 @@ def wrk(port, seconds, close):
             "socket_errors": errors.group(1).strip() if errors else None}
 
 
+class Server:
+    """A server under test in its own session; stopped with its whole group."""
+
+    def __init__(self, argv, port):
+        self.port = port
+        self.proc = subprocess.Popen(argv, cwd=EXAMPLES, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+    def __enter__(self):
+        try:
+            wait_ready(self.port, self.proc)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(5)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(5)
+
+
 def measure(kind, name, seconds):
     port = free_port()
-    argv = servers(port)[(kind, name)]
-    proc = subprocess.Popen(argv, cwd=EXAMPLES, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        wait_ready(port, proc)
+    with Server(servers(port)[(kind, name)], port):
         wrk(port, 1, False)  # warm up
         return {"keepalive": wrk(port, seconds, False), "close": wrk(port, seconds, True)}
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(5)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+
+
+async def _mixed_client(port, seconds, concurrency=None, block_every=10):
+    """New connection per request; every block_every-th request is GET /block."""
+    import asyncio
+    concurrency = concurrency or MIXED_CLIENTS
+    fast, slow, errors = [], [], 0
+    request_fast = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    request_slow = b"GET /block HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    deadline = time.monotonic() + seconds
+
+    async def one_client(index):
+        nonlocal errors
+        n = index
+        while time.monotonic() < deadline:
+            n += 1
+            blocking = n % block_every == 0
+            t0 = time.perf_counter()
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(request_slow if blocking else request_fast)
+                data = await reader.read()
+                writer.close()
+                if not data.startswith(b"HTTP/1.1 200"):
+                    raise ValueError(data[:40])
+            except (OSError, ValueError):
+                errors += 1
+                continue
+            (slow if blocking else fast).append((time.perf_counter() - t0) * 1000)
+
+    await asyncio.gather(*(one_client(i) for i in range(concurrency)))
+    fast.sort()
+
+    def pct(values, q):
+        return round(values[min(len(values) - 1, int(q * len(values)))], 2) if values else None
+    return {"fast_requests": len(fast), "slow_requests": len(slow), "errors": errors,
+            "fast_p50_ms": pct(fast, 0.50), "fast_p99_ms": pct(fast, 0.99),
+            "rps": round((len(fast) + len(slow)) / seconds)}
+
+
+def measure_mixed(name, seconds):
+    import asyncio
+    port = free_port()
+    with Server(mixed_servers(port)[name], port):
+        asyncio.run(_mixed_client(port, 1))  # warm up
+        return asyncio.run(_mixed_client(port, seconds))
+
+
+def measure_memory(name):
+    import psutil
+    port = free_port()
+    with Server(memory_servers(port)[name], port) as server:
+        for _ in range(200):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/")
+            conn.getresponse().read()
+            conn.close()
+        primary = psutil.Process(server.proc.pid)
+        workers = primary.children()
+        uss = [w.memory_full_info().uss for w in workers]
+        return {"workers": len(workers), "uss_mib_per_worker": round(sum(uss) / len(uss) / 2**20, 1),
+                "primary_uss_mib": round(primary.memory_full_info().uss / 2**20, 1)}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", default="hello,mixed,memory", help="comma-separated: hello, mixed, memory")
     args = parser.parse_args()
+    parts = set(args.only.split(","))
     if shutil.which("wrk") is None:
         sys.exit("bench_serve: wrk is not installed (apt-get install wrk)")
     seconds = 2 if args.quick else 5
-    order = list(servers(0))
-    random.shuffle(order)
-    results = {}
-    for kind, name in order:
-        print(f"{kind} {name} ...", file=sys.stderr, flush=True)
-        try:
-            results.setdefault(kind, {})[name] = measure(kind, name, seconds)
-        except Exception as e:  # noqa: BLE001 - one broken peer must not lose the others
-            results.setdefault(kind, {})[name] = {"error": str(e)}
+    path = os.path.join(ROOT, "bench", "results", "serve.json")
+    record = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            record = json.load(f)
+    results = record.get("results", {})
+    if "hello" in parts:
+        order = list(servers(0))
+        random.shuffle(order)
+        for kind in ("asgi", "wsgi"):
+            results[kind] = {}
+        for kind, name in order:
+            print(f"{kind} {name} ...", file=sys.stderr, flush=True)
+            try:
+                results[kind][name] = measure(kind, name, seconds)
+            except Exception as e:  # noqa: BLE001 - one broken peer must not lose the others
+                results[kind][name] = {"error": str(e)}
+    if "mixed" in parts:
+        results["mixed"] = {}
+        order = list(mixed_servers(0))
+        random.shuffle(order)
+        for name in order:
+            print(f"mixed {name} ...", file=sys.stderr, flush=True)
+            results["mixed"][name] = measure_mixed(name, seconds)
+    if "memory" in parts:
+        results["memory"] = {}
+        for name in memory_servers(0):
+            print(f"memory {name} ...", file=sys.stderr, flush=True)
+            results["memory"][name] = measure_memory(name)
+    lines = tables(results)
+    print("\n".join(lines))
+    if not args.quick:
+        record.update({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                       "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                   "platform": platform.platform()},
+                       "load": "wrk -t1 -c64, 2 workers each, hello world; mixed: 4 clients, new "
+                               "connection per request, 10% block 20 ms; memory: Flask, 2 workers, USS",
+                       "seconds": seconds, "results": results, "table": lines})
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(record, f, indent=2)
+        chart(results, os.path.join(ROOT, "bench", "results", "serve.png"))
+
+
+def tables(results):
     lines = ["| app | server | keep-alive req/s | p99 ms | Connection: close req/s | p99 ms |",
              "|---|---|---:|---:|---:|---:|"]
-    for kind in sorted(results):
-        for name, r in sorted(results[kind].items()):
+    for kind in ("asgi", "wsgi"):
+        for name, r in sorted(results.get(kind, {}).items()):
             if "error" in r:
                 lines.append(f"| {kind} | {name} | error: {r['error']} | | | |")
                 continue
             ka, cl = r["keepalive"], r["close"]
             lines.append(f"| {kind} | {name} | {ka['rps']:,.0f} | {ka['p99_ms']} | {cl['rps']:,.0f} | {cl['p99_ms']} |")
-    print("\n".join(lines))
-    if not args.quick:
-        record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                              "platform": platform.platform()},
-                  "load": "wrk -t1 -c64, 2 workers each, hello world", "seconds": seconds,
-                  "results": results, "table": lines}
-        os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-        with open(os.path.join(ROOT, "bench", "results", "serve.json"), "w") as f:
-            json.dump(record, f, indent=2)
+    if results.get("mixed"):
+        lines += ["", "| mixed load | fast p50 ms | fast p99 ms | req/s | errors |", "|---|---:|---:|---:|---:|"]
+        for name, r in results["mixed"].items():
+            lines.append(f"| {name} | {r['fast_p50_ms']} | {r['fast_p99_ms']} | {r['rps']:,} | {r['errors']} |")
+    if results.get("memory"):
+        lines += ["", "| Flask, 2 workers | USS per worker MiB | primary USS MiB |", "|---|---:|---:|"]
+        for name, r in results["memory"].items():
+            lines.append(f"| {name} | {r['uss_mib_per_worker']} | {r['primary_uss_mib']} |")
+    return lines
+
+
+def chart(results, path):
+    """Three panels: hello req/s, mixed-load p99 of the fast requests, USS per worker."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    names, keepalive, close = [], [], []
+    for kind in ("asgi", "wsgi"):
+        for name, r in sorted(results.get(kind, {}).items()):
+            if "error" not in r:
+                names.append(f"{kind}\n{name}")
+                keepalive.append(r["keepalive"]["rps"])
+                close.append(r["close"]["rps"])
+    xs = range(len(names))
+    axes[0].bar([x - 0.2 for x in xs], keepalive, 0.4, label="keep-alive")
+    axes[0].bar([x + 0.2 for x in xs], close, 0.4, label="Connection: close")
+    axes[0].set_xticks(list(xs), [n.replace("\n", " ") for n in names], fontsize=7, rotation=35, ha="right")
+    axes[0].set_ylabel("req/s (higher is better)")
+    axes[0].set_title("hello world, 2 workers, wrk -c64")
+    axes[0].legend(fontsize=8)
+    mixed = results.get("mixed", {})
+    axes[1].barh(list(mixed), [r["fast_p99_ms"] for r in mixed.values()], color="tab:orange")
+    axes[1].set_xlabel("p99 of fast requests, ms (lower is better)")
+    axes[1].set_title("mixed load: 10% block 20 ms")
+    axes[1].tick_params(axis="y", labelsize=8)
+    memory = results.get("memory", {})
+    axes[2].barh(list(memory), [r["uss_mib_per_worker"] for r in memory.values()], color="tab:green")
+    axes[2].set_xlabel("USS per worker, MiB (lower is better)")
+    axes[2].set_title("Flask app memory")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
 
 
 if __name__ == "__main__":

@@ -89,17 +89,15 @@ async def _let_first_requests_in(server, limit):
 
 
 async def _accept_loop(loop, listener, create_protocol):
+    # Listener.serve keeps its readers registered for the whole loop: no epoll_ctl and
+    # no extra task wake-up per connection (accept_async registers them per call).
     while not listener.closed:
         try:
-            conn, _ = await listener.accept_async()
+            await listener.serve(create_protocol)
         except (ValueError, OSError):
             if listener.closed:
                 return
-            raise
-        try:
-            await loop.connect_accepted_socket(create_protocol, conn)
-        except OSError:
-            conn.close()  # the client went away before we could start
+            # A client that went away before its protocol started: keep serving.
 
 
 def _counting(app, slot):
