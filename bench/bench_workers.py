@@ -13,8 +13,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 from pyclusterc import SharedBuffer
 from pyclusterc.pool import WorkerPool
 from pyclusterc.workers import Worker
@@ -23,6 +21,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TUPLE, KIB = (1, 2, 3), b"x" * 1024
 ARRAY_BYTES = 256 << 20
 FORK = mp.get_context("fork")
+# numpy is imported where it is used: spawn/forkserver children import this module (as
+# __mp_main__, for both libraries), and the start figures should not include numpy.
 
 
 # ---- worker bodies ------------------------------------------------------------------------
@@ -51,6 +51,7 @@ def mp_echo(conn):
 
 
 def pc_summer():
+    import numpy as np
     from pyclusterc.workers import parent_port, worker_data
     for m in parent_port:
         if m is None:
@@ -142,6 +143,7 @@ def round_trip(n, repeat):
 
 
 def big_array(repeat):
+    import numpy as np
     buf = SharedBuffer(ARRAY_BYTES)
     shared = np.frombuffer(buf, dtype=np.float64)
     shared[:] = 1.0
@@ -178,10 +180,13 @@ def _transfer(w, arr):
     w.post_message(arr, transfer=[arr])
 
 
-def start_to_first(repeat):
+def start_to_first(repeat, method="fork"):
+    """Best of repeat, ms; a forkserver is already running after the first try (both)."""
+    ctx = mp.get_context(method)
+
     def pc():
         t = time.perf_counter()
-        w = Worker(pc_hello)
+        w = Worker(pc_hello, start_method=method)
         w.receive()
         dt = time.perf_counter() - t
         w.join()
@@ -189,8 +194,8 @@ def start_to_first(repeat):
 
     def mpf():
         t = time.perf_counter()
-        a, b = FORK.Pipe()
-        p = FORK.Process(target=mp_hello, args=(b,))
+        a, b = ctx.Pipe()
+        p = ctx.Process(target=mp_hello, args=(b,))
         p.start()
         a.recv()
         dt = time.perf_counter() - t
@@ -200,27 +205,34 @@ def start_to_first(repeat):
 
 
 def pool_map(tasks, size, repeat):
+    """Wall time (best of repeat), and the CPUs actually used: CPU seconds of this process
+    and its reaped children over wall seconds. Serial gets 1.0 on an idle machine and a
+    2-worker pool 2.0; less means other processes took the CPU."""
     items = [size] * tasks
 
+    def timed(run):
+        def one():
+            c0, t = os.times(), time.perf_counter()
+            run()
+            wall, c1 = time.perf_counter() - t, os.times()
+            cpu = sum(c1[:4]) - sum(c0[:4])
+            return wall, cpu / wall
+        return min(one() for _ in range(repeat))
+
     def serial():
-        t = time.perf_counter()
         list(map(cpu_task, items))
-        return time.perf_counter() - t
 
     def ours():
-        t = time.perf_counter()
         with WorkerPool(2) as p:
             list(p.map(cpu_task, items))
-        return time.perf_counter() - t
 
     def ppe():
-        t = time.perf_counter()
         with cf.ProcessPoolExecutor(2, mp_context=FORK) as p:
             list(p.map(cpu_task, items))
-        return time.perf_counter() - t
-    s, o, e = best(serial, repeat), best(ours, repeat), best(ppe, repeat)
+    (s, s_cpus), (o, o_cpus), (e, e_cpus) = timed(serial), timed(ours), timed(ppe)
     return {"serial_s": s, "workerpool_s": o, "processpool_s": e,
-            "workerpool_speedup": s / o, "processpool_speedup": s / e}
+            "workerpool_speedup": s / o, "processpool_speedup": s / e,
+            "cpus_used": {"serial": s_cpus, "workerpool": o_cpus, "processpool": e_cpus}}
 
 
 def node(n, trips):
@@ -245,7 +257,9 @@ def main():
     r["round_trip_us"], r["pipe_round_trip_us"] = round_trip(trips, repeat)
     r["array"] = big_array(2 if q else 3)
     r["start_ms"], r["mp_fork_start_ms"] = start_to_first(3 if q else 10)
-    r["pool"] = pool_map(16, 150_000 if q else 400_000, 1 if q else 2)
+    r["forkserver_start_ms"], r["mp_forkserver_start_ms"] = start_to_first(3 if q else 5, "forkserver")
+    r["spawn_start_ms"], r["mp_spawn_start_ms"] = start_to_first(3 if q else 5, "spawn")
+    r["pool"] = pool_map(16, 150_000 if q else 400_000, 1 if q else 3)
     r["node"] = node(n, trips)
     nd = r["node"]
     targets = {
@@ -266,14 +280,18 @@ def main():
         ("256 MiB SharedBuffer sum ms (peer: Pipe)", r["array"]["shared_ms"], r["array"]["pipe_ms"], None),
         ("256 MiB transfer sum ms (peer: Pipe)", r["array"]["transfer_ms"], r["array"]["pipe_ms"], None),
         ("start to first msg ms (peer: mp fork)", r["start_ms"], r["mp_fork_start_ms"], nd.get("start_ms")),
+        ("  forkserver (peer: mp forkserver)", r["forkserver_start_ms"], r["mp_forkserver_start_ms"], None),
+        ("  spawn (peer: mp spawn)", r["spawn_start_ms"], r["mp_spawn_start_ms"], None),
         ("pool.map 2 workers s (peer: PPE)", r["pool"]["workerpool_s"], r["pool"]["processpool_s"], None),
     ]
     print(f"{'benchmark':44} {'pyclusterc':>12} {'python peer':>12} {'ratio':>7} {'node':>12}")
     for name, ours, peer, nv in rows:
         ratio = ours / peer if "/s" in name else peer / ours
         print(f"{name:44} {ours:12.1f} {peer:12.1f} {ratio:6.2f}x {nv if nv is None else round(nv, 1)!s:>12}")
+    used = r["pool"]["cpus_used"]
     print(f"serial {r['pool']['serial_s']:.2f} s: WorkerPool {r['pool']['workerpool_speedup']:.2f}x, "
-          f"ProcessPoolExecutor {r['pool']['processpool_speedup']:.2f}x")
+          f"ProcessPoolExecutor {r['pool']['processpool_speedup']:.2f}x; CPUs used: serial "
+          f"{used['serial']:.2f}, WorkerPool {used['workerpool']:.2f}, PPE {used['processpool']:.2f}")
     for k, v in targets.items():
         print(f"  [{'met' if v else 'NOT met'}] {k}")
     if args.json:

@@ -128,3 +128,30 @@ def test_context_manager_waits(pool):
     with WorkerPool(2) as p:
         futures = [p.submit(square, i) for i in range(5)]
     assert [f.result(0) for f in futures] == [0, 1, 4, 9, 16]
+
+
+# ---- the same code on a multi-host executor (Dask) ------------------------------------------------
+def squares_report(executor):
+    """Code written against the concurrent.futures.Executor interface only."""
+    mapped = list(executor.map(square, range(20)))
+    futures = [executor.submit(square, i) for i in range(5)]
+    done, not_done = cf.wait(futures, timeout=60)
+    failed = executor.submit(fail, "remote")
+    with pytest.raises(KeyError, match="remote"):
+        failed.result(60)
+    first = next(cf.as_completed([executor.submit(square, 9)], timeout=60)).result()
+    return sum(mapped), sorted(f.result() for f in done), len(not_done), first
+
+
+def test_same_code_runs_on_workerpool_and_dask_executor(pool):
+    distributed = pytest.importorskip(
+        "distributed", reason="dask[distributed] is not installed: the Executor interface "
+        "check against Client.get_executor() needs it")
+    expected = squares_report(pool(2))
+    assert expected == (2470, [0, 1, 4, 9, 16], 0, 81)
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2,
+                            dashboard_address=None) as client:
+        executor = client.get_executor()
+        assert isinstance(executor, cf.Executor)
+        assert squares_report(executor) == expected
+        executor.shutdown()

@@ -375,3 +375,93 @@ def test_large_message_through_socket_keeps_order(start):
     w.post_message(big)
     w.post_message(2)
     assert [w.receive(10) for _ in range(3)] == [1, big, 2]
+
+
+# ---- start methods: a fresh interpreter imports the target ------------------------------------
+FRESH = ["spawn", "forkserver"]
+
+
+def report_start(*args):
+    from pyclusterc.workers import parent_port, worker_data
+    parent_port.post_message((args, bytes(worker_data[:8]), os.environ.get("W5_VAR"), os.getppid()))
+    worker_data[:4] = b"back"
+
+
+@pytest.mark.parametrize("method", FRESH)
+def test_fresh_start_methods_carry_args_data_env(start, method):
+    buf = SharedBuffer(8)
+    buf[:8] = b"abcdefgh"
+    w = start(report_start, args=(1, "a"), worker_data=buf, env={"W5_VAR": "v"}, start_method=method)
+    args, seen, var, ppid = w.receive(30)
+    assert (args, seen, var) == ((1, "a"), b"abcdefgh", "v")
+    assert (ppid == os.getpid()) == (method == "spawn")   # forkserver children are the server's
+    assert w.join(30) == 0 and bytes(buf[:4]) == b"back"  # the same memory, not a copy
+
+
+@pytest.mark.parametrize("method", FRESH)
+def test_fresh_start_methods_exit_codes_errors_terminate(start, method):
+    w = start(send_then_exit, args=(3,), start_method=method)
+    assert w.receive(30) == "before exit" and w.join(30) == 3
+    w = start(send_then_raise, args=(1,), start_method=method)
+    assert w.receive(30) == 0
+    with pytest.raises(WorkerError, match="boom in worker"):
+        w.receive(30)
+    assert w.join(30) == 1
+    w = start("no_such_module_w5:f", start_method=method)
+    with pytest.raises(WorkerError, match="no_such_module_w5"):
+        w.receive(30)
+    w = start(busy_python, start_method=method)
+    assert w.receive(30) == "busy"
+    assert w.terminate() == 1 and w.signal == "SIGKILL"
+
+
+def test_forkserver_is_started_once_and_reused(start):
+    a = start(report_start, worker_data=SharedBuffer(8), start_method="forkserver")
+    b = start(report_start, worker_data=SharedBuffer(8), start_method="forkserver")
+    assert a.receive(30)[3] == b.receive(30)[3] != os.getpid()
+
+
+def test_fresh_start_method_needs_an_importable_target():
+    with pytest.raises(ValueError, match="must be importable"):
+        Worker(lambda: None, start_method="spawn")
+    with pytest.raises(ValueError, match="start_method must be"):
+        Worker(echo, start_method="vfork")
+    with pytest.raises(ValueError, match="backend='process'"):
+        Worker(echo, backend="thread", start_method="spawn")
+
+
+# ---- batched receive keeps order across kinds ---------------------------------------------------
+def send_mixed():
+    from pyclusterc.workers import parent_port
+    for i in range(2000):
+        parent_port.post_message(i)
+        parent_port.post_message(b"b%d" % i)
+        if i % 500 == 0:
+            parent_port.post_message(bytes(300_000))      # through the socket, in order
+            parent_port.post_message(SharedBuffer(16))    # an fd, in order
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batched_receive_keeps_order_of_mixed_messages(start, backend):
+    w = start(send_mixed, backend=backend)
+    got = list(w)
+    small = [m for m in got if isinstance(m, (int, bytes)) and len(str(m)) < 100]
+    assert small == [x for i in range(2000) for x in (i, b"b%d" % i)]
+    assert [type(m).__name__ for m in got].count("SharedBuffer") == 4
+    assert got.index(bytes(300_000)) == 2 and isinstance(got[3], SharedBuffer)
+    assert w.exit_code == 0
+
+
+# ---- thread backend: terminate() racing the worker's own end -------------------------------------
+def return_at_once():
+    pass
+
+
+def test_thread_terminate_racing_the_end_leaks_no_exception(monkeypatch):
+    escaped = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(args.exc_type))
+    for _ in range(300):
+        w = Worker(return_at_once, backend="thread")
+        assert w.terminate() == 1
+        w._thread.join(5)
+    assert escaped == []

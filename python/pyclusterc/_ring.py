@@ -29,6 +29,7 @@ ONLINE = 32
 ERROR = 33
 MARKER = 34       # the message itself is the next non-doorbell packet on the socket
 DOORBELL = 35     # socket only: "the ring has data"
+BYTES = 36        # a message that is exactly a bytes object, sent as is (no pickle)
 _WRAP = 255       # ring only: the rest of the ring is padding
 
 _RING_BYTES = 1 << 20          # per direction
@@ -40,6 +41,7 @@ _SPIN_NS = 50_000              # poll the ring this long before sleeping (round-
 _load = lib.pc_load_i64
 _store = lib.pc_store_i64
 _exchange = lib.pc_exchange_i64
+_pack_into = _RECORD.pack_into
 
 
 class _Ring:
@@ -64,6 +66,21 @@ class _Ring:
         size = 8 + ((n + 7) & ~7)
         tail = self.tail
         off = tail & self.mask
+        if off + size > self.cap or self.cap - (tail - self.seen_head) < size:
+            return self._put_slow(kind, payload)
+        data = self.data
+        _pack_into(data, off, n, kind)
+        data[off + 8:off + 8 + n] = payload
+        self.tail = tail = tail + size
+        _store(self.ptr, _TAIL, tail)   # seq-cst: the record is visible first
+        return True
+
+    def _put_slow(self, kind, payload):
+        # The record wraps around the end, or the reader looked full last time.
+        n = len(payload)
+        size = 8 + ((n + 7) & ~7)
+        tail = self.tail
+        off = tail & self.mask
         need = size + (self.cap - off if off + size > self.cap else 0)
         if self.cap - (tail - self.seen_head) < need:
             self.seen_head = _load(self.ptr, _HEAD)
@@ -76,7 +93,7 @@ class _Ring:
         _RECORD.pack_into(self.data, off, n, kind)
         self.data[off + 8:off + 8 + n] = payload
         self.tail = tail + size
-        _store(self.ptr, _TAIL, self.tail)   # seq-cst: the record is visible first
+        _store(self.ptr, _TAIL, self.tail)
         return True
 
     def has_data(self):
@@ -99,6 +116,29 @@ class _Ring:
         self.head += 8 + ((n + 7) & ~7)
         _store(self.ptr, _HEAD, self.head)
         return kind, payload
+
+    def get_all(self):
+        """Every ready record as (kind, payload bytes, ()), publishing the new head once;
+        and whether a MARKER is among them. One atomic load and one store per batch
+        instead of per message: the receive path's cost is per message otherwise."""
+        tail = self.seen_tail = _load(self.ptr, _TAIL)
+        head = self.head
+        if head == tail:
+            return [], False
+        data, mask, cap, unpack = self.data, self.mask, self.cap, _RECORD.unpack_from
+        out, marker = [], False
+        while head != tail:
+            off = head & mask
+            n, kind = unpack(data, off)
+            if kind == _WRAP:
+                head += cap - off
+                continue
+            out.append((kind, data[off + 8:off + 8 + n].tobytes(), ()))
+            marker = marker or kind == MARKER
+            head += 8 + ((n + 7) & ~7)
+        self.head = head
+        _store(self.ptr, _HEAD, head)
+        return out, marker
 
     def close(self):
         ffi.release(self.ptr)
@@ -131,17 +171,33 @@ class Endpoint:
     # -- sending -------------------------------------------------------------------
     def send(self, kind, payload, fds=()):
         """Raises ChannelClosed when the peer is gone (after waiting out a full ring)."""
+        out = self.outbox
+        n = len(payload)
+        size = 8 + ((n + 7) & ~7)
         with self.send_lock:
             if self.closed:
                 raise ChannelClosed("this port is closed")
-            out = self.outbox
-            if fds or len(payload) > out.max_record:
-                self.channel.send_bytes(payload, kind, fds)
-                kind, payload = MARKER, b""
-            if not out.put(kind, payload):
-                self._wait_for_room(kind, payload)
+            tail = out.tail
+            off = tail & out.mask
+            if fds or n > out.max_record or off + size > out.cap or out.cap - (tail - out.seen_head) < size:
+                self._send_slow(kind, payload, fds)
+            else:
+                # Ring.put's common case inlined: this is the per-message cost of sending.
+                data = out.data
+                _pack_into(data, off, n, kind)
+                data[off + 8:off + 8 + n] = payload
+                out.tail = tail = tail + size
+                _store(out.ptr, _TAIL, tail)   # seq-cst: the record is visible first
             if _load(out.ptr, _SLEEPING) and _exchange(out.ptr, _SLEEPING, 0):
                 self.channel.send_bytes(b"", DOORBELL)
+
+    def _send_slow(self, kind, payload, fds):
+        out = self.outbox
+        if fds or len(payload) > out.max_record:
+            self.channel.send_bytes(payload, kind, fds)
+            kind, payload = MARKER, b""
+        if not out.put(kind, payload):
+            self._wait_for_room(kind, payload)
 
     def _wait_for_room(self, kind, payload):
         # Back-pressure: the reader is behind by a whole ring. Wake it (it may be
@@ -172,6 +228,25 @@ class Endpoint:
         if kind != MARKER:
             return kind, payload, ()
         return self._socket_message()
+
+    def receive_all(self):
+        """Every message ready now, in order, as a list of (kind, payload, fds); [] when
+        none. ChannelClosed only when there is nothing left to read."""
+        if self.released:
+            raise ChannelClosed("this end is closed")
+        batch, marker = self.inbox.get_all()
+        if not batch:
+            if self.peer_closed or self.closed:
+                raise ChannelClosed("the other end closed the channel")
+            return batch
+        if marker:
+            for i, record in enumerate(batch):
+                if record[0] == MARKER:
+                    try:
+                        batch[i] = self._socket_message()
+                    except ChannelClosed:
+                        return batch[:i]     # the peer died mid-message; the next call says so
+        return batch
 
     def _socket_message(self):
         while not self.pending:

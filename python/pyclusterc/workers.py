@@ -36,7 +36,7 @@ import weakref
 
 from . import _ring, channel
 from ._core import lib, timeout_ns
-from ._ring import DATA, ERROR, ONLINE, ChannelClosed, Endpoint, endpoint_pair
+from ._ring import BYTES, DATA, ERROR, ONLINE, ChannelClosed, Endpoint, endpoint_pair
 from .events import EventEmitter
 from .shared import SharedBuffer
 
@@ -177,6 +177,9 @@ def encode(obj, transfer=()):
     return payload, fds, after_send
 
 
+_dumps = pickle.dumps
+
+
 def decode(payload, fds):
     if not fds:
         return pickle.loads(payload)
@@ -202,6 +205,21 @@ class _Port(EventEmitter):
     def post_message(self, message, transfer=()):
         """Send a copy of message (SharedBuffers, typed arrays, sockets by fd; objects
         in transfer moved). Dropped silently once either side has closed."""
+        if not transfer:
+            # The common case, kept short: a small message costs a pickle (none for
+            # bytes, which arrive as an equal bytes object anyway) and a ring write.
+            kind = BYTES if type(message) is bytes else DATA
+            try:
+                payload = message if kind == BYTES else _dumps(message, 5)
+            except (TypeError, AttributeError, pickle.PicklingError, _NeedsFds):
+                pass
+            else:
+                if not self._closed:
+                    try:
+                        self._endpoint.send(kind, payload)
+                    except ChannelClosed:
+                        pass
+                return
         payload, fds, after_send = encode(message, transfer)
         if self._closed:
             return
@@ -239,7 +257,8 @@ class _Port(EventEmitter):
                         self.emit(event, item[1])
                     else:
                         kept.append(item)
-                self._queue = kept
+                self._queue.clear()
+                self._queue.extend(kept)
             if event == "exit" and self._ended:
                 self.emit("exit", self.exit_code)
         if event in self._push_events and self._reader is None and not self._ended:
@@ -251,25 +270,46 @@ class _Port(EventEmitter):
         while not self._ended:
             self._pump(-1)
 
-    def _pump(self, wait_ns):
-        """Read and dispatch at most one event; waits up to wait_ns for it."""
+    def _pump(self, wait_ns, pulling=False):
+        """Read and dispatch every event ready now; waits up to wait_ns for the first.
+        A puller stops at once if another puller has queued messages meanwhile."""
         ep = self._endpoint
         with ep.read_lock:
-            if self._ended:
+            if self._ended or (pulling and self._queue):
                 return
             try:
-                m = ep.receive()
-                if m is None:
+                batch = ep.receive_all()
+                if not batch:
                     ep.wait(wait_ns)
-                    m = ep.receive()
+                    batch = ep.receive_all()
             except (ChannelClosed, OSError):
                 self._end()
                 return
-            if m is not None:
-                self._dispatch(*m)
+            if self._reader is None:
+                self._queue_batch(batch)
+            else:
+                for m in batch:
+                    self._dispatch(*m)
+
+    def _queue_batch(self, batch):
+        # Pull mode's loop, inlined for plain messages: the per-message cost is the point.
+        queue, loads = self._queue, pickle.loads
+        for kind, payload, fds in batch:
+            if kind == DATA and not fds:
+                try:
+                    queue.append(("message", loads(payload)))
+                    continue
+                except Exception:  # noqa: BLE001  (_dispatch reports it as messageerror)
+                    pass
+            elif kind == BYTES:
+                queue.append(("message", payload))
+                continue
+            self._dispatch(kind, payload, fds)
 
     def _dispatch(self, kind, payload, fds):
-        if kind == DATA:
+        if kind == BYTES:
+            self._deliver("message", payload, ("message", payload))
+        elif kind == DATA:
             try:
                 message = decode(payload, fds)
             except Exception as e:  # noqa: BLE001  (reported as Node's messageerror)
@@ -278,6 +318,11 @@ class _Port(EventEmitter):
             self._deliver("message", message, ("message", message))
 
     def _deliver(self, event, arg, queued):
+        if self._reader is None:
+            # Pull mode: no listener and no reader thread, only this (read_lock holding)
+            # thread touches the queue, so no condition variable per message.
+            self._queue.append(queued)
+            return
         with self._cond:
             if self.listener_count(event):
                 self.emit(event, arg)
@@ -295,6 +340,16 @@ class _Port(EventEmitter):
     def receive(self, timeout=None):
         """Next message; TimeoutError after timeout seconds, EOFError once the other
         side is gone and every message was read."""
+        queue = self._queue
+        if queue and self._reader is None:
+            try:
+                what, value = queue.popleft()    # fast path: a message read in an earlier batch
+            except IndexError:
+                pass                             # another puller took it
+            else:
+                if what == "raise":
+                    raise value
+                return value
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
         looked = False
         while True:
@@ -313,7 +368,7 @@ class _Port(EventEmitter):
                     self._cond.wait(left)
                     continue
             looked = True
-            self._pump(-1 if left is None else max(0, int(left * 1e9)))
+            self._pump(-1 if left is None else max(0, int(left * 1e9)), pulling=True)
 
     def _eof_message(self):
         return "the port is closed"
@@ -486,9 +541,14 @@ class Worker(_Port):
         _check_target(target)
         if backend not in ("process", "thread"):
             raise ValueError(f"Worker backend must be 'process' or 'thread', not {backend!r}")
-        if start_method not in (None, "fork"):
-            raise ValueError(f"Worker start_method {start_method!r} is not supported yet; "
-                             f"use 'fork' (the default)")
+        if start_method not in (None, "fork", "forkserver", "spawn"):
+            raise ValueError(f"Worker start_method must be 'fork' (the default), 'forkserver' "
+                             f"or 'spawn', not {start_method!r}")
+        if backend == "thread" and start_method is not None:
+            raise ValueError("start_method needs backend='process' (a thread is not started)")
+        fresh = start_method in ("forkserver", "spawn")   # a new interpreter: import the target
+        if fresh:
+            _check_importable(target, start_method)
         if backend == "thread" and (env is not None or resource_limits):
             raise ValueError("env and resource_limits need backend='process' "
                              "(threads share the process's environment and limits)")
@@ -499,7 +559,9 @@ class Worker(_Port):
         self.thread_id = next(_ids)
         self.name = name or f"worker-{self.thread_id}"
         self.backend = backend
+        self.start_method = (start_method or "fork") if backend == "process" else None
         self.pid = None
+        self._status_fd = None       # forkserver: the server writes the wait status here
         self.exit_code = None
         self.signal = None           # the signal's name when a process died of one
         self._terminated = False
@@ -508,13 +570,22 @@ class Worker(_Port):
         self._exit_event = threading.Event()
         parent_ep, child_ep = endpoint_pair()
         super().__init__(_usable_parent_endpoint(parent_ep))
+        if fresh:
+            # What a fork would inherit, sent first; the target second, once sys.path
+            # and __main__ are set up for unpickling it.
+            _send_plain(parent_ep, (self.thread_id, env, limits, sys.path, _main_path(target)))
+            _send_plain(parent_ep, (target, args))
         # worker_data travels through the channel like a message, so SharedBuffers in it
         # arrive by fd; a process backend could inherit it, but one path is simpler.
         payload, fds, after_send = encode(worker_data, transfer)
         parent_ep.send(DATA, payload, fds)
         for cleanup in after_send:
             cleanup()
-        if backend == "process":
+        if start_method == "spawn":
+            self._start_spawn(child_ep)
+        elif start_method == "forkserver":
+            self._start_forkserver(child_ep)
+        elif backend == "process":
             self._start_process(child_ep, target, args, env, limits)
         else:
             self._start_thread(child_ep, target, args)
@@ -531,12 +602,7 @@ class Worker(_Port):
                 lib.pc_die_with_parent(signal.SIGKILL, parent_pid)
                 for ep in list(_live_parent_endpoints):
                     ep.close()
-                if env is not None:
-                    os.environ.clear()
-                    os.environ.update({str(k): str(v) for k, v in env.items()})
-                if limits.get("max_memory_mb"):
-                    cap = int(limits["max_memory_mb"]) << 20
-                    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+                _apply_env_and_limits(env, limits)
                 code = _run_worker(child_ep, target, args, _read_worker_data(child_ep), self.thread_id)
             finally:
                 try:
@@ -547,6 +613,45 @@ class Worker(_Port):
         self.pid = pid
         child_ep.close()
 
+    def _start_spawn(self, child_ep):
+        # posix_spawn's dup2(fd, fd) clears close-on-exec in the child only, so no other
+        # process started meanwhile inherits these fds.
+        fds = child_ep.fds_for_transfer()
+        argv = [sys.executable, "-c", "from pyclusterc.workers import _spawned_main; _spawned_main()",
+                *map(str, fds), str(os.getpid())]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.pid = os.posix_spawn(sys.executable, argv, os.environ,
+                                  file_actions=[(os.POSIX_SPAWN_DUP2, fd, fd) for fd in fds])
+        child_ep.close()
+
+    def _start_forkserver(self, child_ep):
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self.pid = _forkserver_request(child_ep.fds_for_transfer() + [status_w])
+        except BaseException:
+            os.close(status_r)
+            raise
+        finally:
+            os.close(status_w)
+        self._status_fd = status_r
+        child_ep.close()
+
+    def _wait_status(self):
+        """The worker process's wait status (as os.waitpid gives it), once it ended."""
+        if self._status_fd is None:
+            return os.waitpid(self.pid, 0)[1]
+        try:
+            data = b""
+            while len(data) < 4:
+                chunk = os.read(self._status_fd, 4 - len(data))
+                if not chunk:     # the server died before reaping it: report a kill
+                    return signal.SIGKILL
+                data += chunk
+            return int.from_bytes(data, "little", signed=True)
+        finally:
+            os.close(self._status_fd)
+
     def _start_thread(self, child_ep, target, args):
         def body():
             code = _EXIT_UNCAUGHT
@@ -555,9 +660,22 @@ class Worker(_Port):
             except _Terminated:
                 code = _EXIT_TERMINATED
             finally:
+                # terminate() may have just raised _Terminated in this thread: stop it from
+                # raising more, drop one still pending, and absorb one that lands here, so
+                # the cleanup below always runs and nothing escapes the thread.
+                while True:
+                    try:
+                        with self._terminate_lock:
+                            self._terminable = False
+                            _raise_in_thread(threading.current_thread(), None)
+                        break
+                    except _Terminated:
+                        code = _EXIT_TERMINATED
                 self._reported_code = code
                 child_ep.shutdown()
                 child_ep.close()
+        self._terminate_lock = threading.Lock()
+        self._terminable = True
         parent_ep = self._endpoint
         parent_ep.spin_ns = child_ep.spin_ns = 0
         self._thread = threading.Thread(target=body, daemon=True, name=self.name)
@@ -577,7 +695,7 @@ class Worker(_Port):
 
     def _end(self):
         if self.backend == "process":
-            _, status = os.waitpid(self.pid, 0)
+            status = self._wait_status()
             if os.WIFSIGNALED(status):
                 signum = os.WTERMSIG(status)
                 self.signal = signal.Signals(signum).name
@@ -631,7 +749,10 @@ class Worker(_Port):
                 except ProcessLookupError:
                     pass
             else:
-                _raise_in_thread(self._thread, _Terminated)
+                with self._terminate_lock:
+                    if self._terminable:
+                        self._terminable = False     # raised once: a second one could escape
+                        _raise_in_thread(self._thread, _Terminated)
                 self._child_ep.shutdown()
         return self.join()
 
@@ -665,10 +786,220 @@ def _read_worker_data(ep):
         ep.wait(-1)
 
 
+def _apply_env_and_limits(env, limits):
+    if env is not None:
+        os.environ.clear()
+        os.environ.update({str(k): str(v) for k, v in env.items()})
+    if limits.get("max_memory_mb"):
+        cap = int(limits["max_memory_mb"]) << 20
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+# ---- spawn and forkserver ---------------------------------------------------------------------
+def _check_importable(target, start_method):
+    if not callable(target):
+        return     # a .py path or 'module:function' is resolved in the worker
+    how = (f"Worker target {getattr(target, '__qualname__', target)!r} cannot start with "
+           f"start_method={start_method!r}: it must be importable (a top-level function, "
+           f"'module:function' or a .py path)")
+    try:
+        pickle.dumps(target)
+    except Exception:  # noqa: BLE001  (lambdas, nested functions, bound local objects)
+        raise ValueError(how) from None
+    if getattr(target, "__module__", None) == "__main__" and _main_path(target) is None:
+        raise ValueError(how + "; __main__ has no file to import it from")
+
+
+def _main_path(target):
+    """The script to import as __main__ in a fresh interpreter when target lives there."""
+    if getattr(target, "__module__", None) != "__main__":
+        return None
+    path = getattr(sys.modules["__main__"], "__file__", None)
+    return os.path.abspath(path) if path else None
+
+
+def _send_plain(ep, obj):
+    payload, fds, _ = encode(obj)
+    ep.send(DATA, payload, fds)
+
+
+def _spawned_main():
+    """Entry point of a spawned worker: python -c ... SOCK_FD IN_FD OUT_FD PARENT_PID."""
+    sock_fd, in_fd, out_fd, parent_pid = map(int, sys.argv[1:5])
+    sys.argv = sys.argv[:1]
+    _boot(sock_fd, in_fd, out_fd, parent_pid)
+
+
+def _boot(sock_fd, in_fd, out_fd, parent_pid):
+    """A fresh worker process (spawn or forkserver): read the spec, run the target, exit."""
+    code = _EXIT_UNCAUGHT
+    try:
+        lib.pc_die_with_parent(signal.SIGKILL, parent_pid)
+        ep = Endpoint(sock_fd, SharedBuffer._from_fd(in_fd), SharedBuffer._from_fd(out_fd))
+        tid, env, limits, path, main_path = _read_worker_data(ep)
+        sys.path[:] = path
+        _apply_env_and_limits(env, limits)
+        if main_path:
+            # As multiprocessing does: the parent's script runs as __mp_main__ (its
+            # `if __name__ == "__main__"` block stays off) and stands in for __main__.
+            module = type(sys)("__mp_main__")
+            sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+            module.__dict__.update(runpy.run_path(main_path, run_name="__mp_main__"))
+        try:
+            target, args = _read_worker_data(ep)
+        except Exception as e:  # noqa: BLE001  (it could not be imported here: say so as 'error')
+            target, args = _raiser(e), ()
+        code = _run_worker(ep, target, args, _read_worker_data(ep), tid)
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _raiser(exc):
+    def fail():
+        raise exc
+    return fail
+
+
+class _ForkServer:
+    """The forkserver of this process: a fresh interpreter with pyclusterc imported,
+    forking one child per request. A request carries the worker's channel and ring fds
+    and a pipe; the server replies with the pid and writes the wait status to the pipe."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        argv = [sys.executable, "-c", "from pyclusterc.workers import _forkserver_main; _forkserver_main()",
+                str(theirs.fileno()), str(os.getpid())]
+        self.pid = os.posix_spawn(sys.executable, argv, os.environ,
+                                  file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), theirs.fileno())])
+        theirs.close()
+        self._reap = weakref.finalize(self, _reap_server, self.sock, self.pid)
+
+    def request(self, fds):
+        with self.lock:
+            socket.send_fds(self.sock, [b"w"], fds)
+            data = b""
+            while len(data) < 8:
+                chunk = self.sock.recv(8 - len(data))
+                if not chunk:
+                    raise ChannelClosed("the forkserver is gone")
+                data += chunk
+            return int.from_bytes(data, "little", signed=True)
+
+
+def _reap_server(sock, pid):
+    sock.close()          # the server exits at EOF
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+_forkserver = None
+_forkserver_lock = threading.Lock()
+
+
+def _forget_forkserver():
+    # In a forked child the parent's server socket is not ours: keeping it open would
+    # also keep the server alive after the parent ends.
+    global _forkserver
+    if _forkserver is not None:
+        _forkserver._reap.detach()
+        _forkserver.sock.close()
+        _forkserver = None
+
+
+os.register_at_fork(after_in_child=_forget_forkserver)
+
+
+def _forkserver_request(fds):
+    global _forkserver
+    for attempt in (1, 2):
+        with _forkserver_lock:
+            if _forkserver is None:
+                _forkserver = _ForkServer()
+            server = _forkserver
+        try:
+            pid = server.request(fds)
+        except (ChannelClosed, OSError):
+            with _forkserver_lock:
+                if _forkserver is server:
+                    _forkserver = None         # it died: start another once
+            if attempt == 2:
+                raise
+            continue
+        if pid < 0:
+            raise OSError(-pid, f"the forkserver could not fork: {os.strerror(-pid)}")
+        return pid
+
+
+def _forkserver_main():
+    """The forkserver's loop (see _ForkServer)."""
+    import select
+    ctrl = socket.socket(fileno=int(sys.argv[1]))
+    lib.pc_die_with_parent(signal.SIGKILL, int(sys.argv[2]))
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    status_fds = {}       # child pid -> the pipe its wait status goes to
+    poller = select.poll()
+    poller.register(ctrl, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    while True:
+        events = dict(poller.poll())
+        if wake_r in events:
+            while True:
+                try:
+                    if not os.read(wake_r, 512):
+                        break
+                except BlockingIOError:
+                    break
+        while status_fds:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            fd = status_fds.pop(pid, None)
+            if fd is not None:
+                try:
+                    os.write(fd, status.to_bytes(4, "little", signed=True))
+                except OSError:
+                    pass
+                os.close(fd)
+        if ctrl.fileno() in events:
+            msg, fds, _, _ = socket.recv_fds(ctrl, 16, 4)
+            if not msg:
+                os._exit(0)      # the parent is gone (its workers die with this process)
+            try:
+                pid = os.fork()
+            except OSError as e:
+                for fd in fds:
+                    os.close(fd)
+                ctrl.sendall((-e.errno).to_bytes(8, "little", signed=True))
+                continue
+            if pid == 0:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for fd in (ctrl.fileno(), wake_r, wake_w, fds[3], *status_fds.values()):
+                    os.close(fd)
+                _boot(fds[0], fds[1], fds[2], os.getppid())
+            for fd in fds[:3]:
+                os.close(fd)
+            status_fds[pid] = fds[3]
+            ctrl.sendall(pid.to_bytes(8, "little", signed=True))
+
+
 def _raise_in_thread(thread, exc_type):
     # Runs when the thread next executes Python bytecode; code inside a C call
-    # (time.sleep, a numpy op) finishes that call first.
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc_type))
+    # (time.sleep, a numpy op) finishes that call first. None clears a pending one.
+    exc = None if exc_type is None else ctypes.py_object(exc_type)
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), exc)
 
 
 # ---- BroadcastChannel -------------------------------------------------------------------------
