@@ -270,7 +270,7 @@ def label(kind, policy):
 def summarise(runs):
     """Medians per (peer, load) over the repeats."""
     table = {}
-    for (kind, policy, load), results in runs.items():
+    for (kind, policy, load), results in sorted(runs.items(), key=lambda item: PEERS.index(item[0][:2])):
         entry = table.setdefault(label(kind, policy), {})
         entry[load] = {
             "rate_median": statistics.median(r["rate"] for r in results),

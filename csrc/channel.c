@@ -146,6 +146,53 @@ static int conn_msg_valid(const void *buf, uint32_t length, int nfds) {
   return conn.addr_len <= sizeof conn.addr;
 }
 
+/* Check one received datagram (n bytes, header then payload in buf of cap bytes),
+ * with its fds collected into fds[] and *nfds: 0 ok, 1 EOF, or -EBADMSG / -EMSGSIZE as
+ * pc_channel_recv documents. On an error the fds are closed and *nfds is 0. */
+static int check_received(int fd, struct msghdr *msg, size_t n, const struct pc_msg_header *header,
+                          const void *buf, uint32_t cap, int *fds, int *nfds) {
+  int rc = collect_fds(msg, fds, nfds);
+  if (rc == 0 && (msg->msg_flags & MSG_CTRUNC)) rc = -EBADMSG;
+  if (rc == 0 && n == 0) {
+    rc = *nfds > 0 ? -EBADMSG : eof_or_empty(fd);
+    if (rc == 1) return 1;
+  }
+  if (rc == 0 && n < sizeof *header) rc = -EBADMSG;
+  if (rc == 0) {
+    size_t payload = n - sizeof *header;
+    if (header->length != payload)
+      rc = -EBADMSG;
+    else if (payload > cap)
+      rc = -EMSGSIZE;
+    else if (header->kind == PC_MSG_CONN && !conn_msg_valid(buf, header->length, *nfds))
+      rc = -EBADMSG;
+  }
+  if (rc < 0) {
+    close_fds(fds, *nfds);
+    *nfds = 0;
+  }
+  return rc;
+}
+
+/* Point msg at a header, a payload buffer and a cmsg buffer for one receive. */
+static void prepare_recv(struct msghdr *msg, struct iovec iov[2], struct pc_msg_header *header, void *buf,
+                         uint32_t cap, void *control, size_t control_len) {
+  iov[0].iov_base = header;
+  iov[0].iov_len = sizeof *header;
+  iov[1].iov_base = buf;
+  iov[1].iov_len = cap;
+  memset(msg, 0, sizeof *msg);
+  msg->msg_iov = iov;
+  msg->msg_iovlen = 2;
+  msg->msg_control = control;
+  msg->msg_controllen = control_len;
+}
+
+/* MSG_TRUNC makes recvmsg return the datagram's real length (unix sockets since
+ * Linux 3.4), so that a payload larger than cap is told apart from a lie in the
+ * length field. */
+enum { RECV_FLAGS = MSG_CMSG_CLOEXEC | MSG_TRUNC | MSG_DONTWAIT };
+
 int pc_channel_recv(int fd, uint32_t *kind, uint64_t *seq, void *buf, uint32_t cap, uint32_t *length,
                     int *fds, int *nfds) {
   struct pc_msg_header header;
@@ -156,59 +203,73 @@ int pc_channel_recv(int fd, uint32_t *kind, uint64_t *seq, void *buf, uint32_t c
     char buf[CMSG_SPACE(sizeof(int) * PC_CHANNEL_MAX_FDS)];
   } cmsg;
   ssize_t n;
-  size_t payload;
   int rc;
 
   if (kind == NULL || seq == NULL || length == NULL || fds == NULL || nfds == NULL) return -EINVAL;
   if (buf == NULL && cap > 0) return -EINVAL;
   *nfds = 0;
-  iov[0].iov_base = &header;
-  iov[0].iov_len = sizeof header;
-  iov[1].iov_base = buf;
-  iov[1].iov_len = cap;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = iov;
-  msg.msg_iovlen = 2;
-  msg.msg_control = cmsg.buf;
-  msg.msg_controllen = sizeof cmsg.buf;
-  /* MSG_TRUNC makes recvmsg return the datagram's real length (unix sockets since
-   * Linux 3.4), so that a payload larger than cap is told apart from a lie in the
-   * length field. ECONNRESET is the peer closing with our messages unread: it is
-   * reported once, before the queue; retry to get the queue, then EOF. */
+  prepare_recv(&msg, iov, &header, buf, cap, cmsg.buf, sizeof cmsg.buf);
+  /* ECONNRESET is the peer closing with our messages unread: it is reported once,
+   * before the queue; retry to get the queue, then EOF. */
   do
-    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_TRUNC | MSG_DONTWAIT);
+    n = recvmsg(fd, &msg, RECV_FLAGS);
   while (n < 0 && (errno == EINTR || errno == ECONNRESET));
   if (n < 0) return errno == EWOULDBLOCK ? -EAGAIN : -errno;
 
-  rc = collect_fds(&msg, fds, nfds);
-  if (rc == 0 && (msg.msg_flags & MSG_CTRUNC)) rc = -EBADMSG;
-  if (rc == 0 && n == 0) {
-    rc = *nfds > 0 ? -EBADMSG : eof_or_empty(fd);
-    if (rc == 1) return 1;
+  rc = check_received(fd, &msg, (size_t)n, &header, buf, cap, fds, nfds);
+  if (rc == 1) return 1;
+  if (rc == 0 || rc == -EMSGSIZE) {
+    *kind = header.kind;
+    *seq = header.seq;
+    *length = header.length;
   }
-  if (rc == 0 && (size_t)n < sizeof header) rc = -EBADMSG;
-  if (rc == 0) {
-    payload = (size_t)n - sizeof header;
-    if (header.length != payload) {
-      rc = -EBADMSG;
-    } else if (payload > cap) {
-      *kind = header.kind;
-      *seq = header.seq;
-      *length = header.length;
-      rc = -EMSGSIZE;
-    } else if (header.kind == PC_MSG_CONN && !conn_msg_valid(buf, header.length, *nfds)) {
+  return rc;
+}
+
+int pc_channel_recv_conns(int fd, struct pc_conn_msg *conns, int *fds, int max) {
+  struct pc_msg_header headers[PC_CHANNEL_RECV_CONNS_MAX];
+  struct iovec iov[PC_CHANNEL_RECV_CONNS_MAX][2];
+  struct mmsghdr msgs[PC_CHANNEL_RECV_CONNS_MAX];
+  /* Room for one fd each: a message with more is malformed anyway, and the kernel
+   * closes what does not fit (MSG_CTRUNC). */
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } cmsg[PC_CHANNEL_RECV_CONNS_MAX];
+  int i, n, got = 0, malformed = 0;
+
+  if (conns == NULL || fds == NULL || max < 1 || max > PC_CHANNEL_RECV_CONNS_MAX) return -EINVAL;
+  for (i = 0; i < max; i++) {
+    prepare_recv(&msgs[i].msg_hdr, iov[i], &headers[i], &conns[i], sizeof conns[i], cmsg[i].buf,
+                 sizeof cmsg[i].buf);
+    msgs[i].msg_len = 0;
+  }
+  do
+    n = recvmmsg(fd, msgs, (unsigned)max, RECV_FLAGS, NULL);
+  while (n < 0 && (errno == EINTR || errno == ECONNRESET));
+  if (n < 0) return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+
+  /* Move the good ones to the front, in order. A receive of 0 bytes is EOF
+   * (recvmmsg reads EOF again for the rest of the vector): the connections before
+   * it are returned now, the EOF on the next call. */
+  for (i = 0; i < n; i++) {
+    int received[PC_CHANNEL_MAX_FDS], nreceived = 0;
+    int rc = check_received(fd, &msgs[i].msg_hdr, msgs[i].msg_len, &headers[i], &conns[i],
+                            sizeof conns[i], received, &nreceived);
+    if (rc == 1) return got;
+    if (rc == 0 && headers[i].kind != PC_MSG_CONN) {
+      /* only connections travel on this channel: drop anything else */
+      close_fds(received, nreceived);
       rc = -EBADMSG;
     }
+    if (rc < 0) {
+      malformed = 1;
+      continue;
+    }
+    if (got != i) conns[got] = conns[i];
+    fds[got++] = received[0];
   }
-  if (rc < 0) {
-    close_fds(fds, *nfds);
-    *nfds = 0;
-    return rc;
-  }
-  *kind = header.kind;
-  *seq = header.seq;
-  *length = header.length;
-  return 0;
+  return got > 0 ? got : malformed ? -EBADMSG : -EAGAIN;
 }
 
 static int wait_for(int fd, short events, int64_t timeout_ns) {

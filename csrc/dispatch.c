@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Workers write the slot, the primary reads it: pin the layout. */
@@ -34,6 +35,14 @@ enum {
   BATCH = 64,               /* accepts per listener per wake; messages per sendmmsg */
   EPOLL_EVENTS = 64,
   EMFILE_PAUSE_NS = 100000000,
+  /* Coalescing. Each wake of a loop asleep in epoll_wait is paid by the client's
+   * connect() (the listener's wake-up of another CPU: on a 2-vCPU VM about as much
+   * as the rest of the hand-off). When one wake found BURST or more connections
+   * waiting, they arrive faster than we wake, so the loop naps COALESCE_NS first
+   * and then takes what queued meanwhile in one batch: a connection arriving in a
+   * burst waits at most that long; a lone client (one per wake) never does. */
+  BURST = 2,
+  COALESCE_NS = 1000000,
 };
 
 /* epoll_event.data.u64 = tag << 32 | id */
@@ -77,6 +86,7 @@ struct pc_dispatch {
   struct listener **listeners;
   size_t nlisteners, cap_listeners;
   int64_t accept_paused_until; /* CLOCK_MONOTONIC ns after EMFILE; 0 = not paused */
+  size_t last_accepted;        /* connections the last wake accepted */
   /* scratch for one batch */
   struct conn batch[BATCH];
   struct worker *owner[BATCH];
@@ -84,6 +94,7 @@ struct pc_dispatch {
   struct pc__outmsg out[BATCH];
   struct pc_conn_msg payload[BATCH];
   size_t index[BATCH];
+  int closing[BATCH];
 };
 
 static uint64_t tag(uint32_t kind, uint32_t id) { return (uint64_t)kind << 32 | id; }
@@ -220,10 +231,30 @@ static struct worker *choose(struct pc_dispatch *d, struct listener *l, const st
   return l->members[best];
 }
 
+/* Close fds[0..n) (sorted in place): one close_range per run of consecutive
+ * numbers. A batch accepted together usually got consecutive fds (the kernel
+ * hands out the lowest free ones), so this is one syscall per batch instead of
+ * one per connection. */
+static void close_all(int *fds, size_t n) {
+  size_t i, j;
+  for (i = 1; i < n; i++) /* insertion sort: n <= BATCH, usually sorted already */
+    for (j = i; j > 0 && fds[j - 1] > fds[j]; j--) {
+      int t = fds[j];
+      fds[j] = fds[j - 1];
+      fds[j - 1] = t;
+    }
+  for (i = 0; i < n; i = j) {
+    for (j = i + 1; j < n && fds[j] == fds[j - 1] + 1;) j++;
+    if (j - i == 1 || close_range((unsigned)fds[i], (unsigned)fds[j - 1], 0) < 0)
+      for (; i < j; i++) close(fds[i]); /* one fd, or a kernel before 5.9 (ENOSYS) */
+  }
+}
+
 /* ---- sending --------------------------------------------------------------- */
 
 /* Send conns[index[0..n)] to w in one sendmmsg (more if a signal splits it).
- * Returns how many went, a prefix; marks w full or dead when the rest could not. */
+ * Returns how many went, a prefix; marks w full or dead when the rest could not.
+ * The caller closes the fds of those sent. */
 static size_t send_to_worker(struct pc_dispatch *d, struct listener *l, struct worker *w,
                              struct conn *conns, const size_t *index, size_t n) {
   size_t i, sent = 0;
@@ -253,17 +284,17 @@ static size_t send_to_worker(struct pc_dispatch *d, struct listener *l, struct w
       break;
     }
   }
-  for (i = 0; i < sent; i++) close(conns[index[i]].fd);
   w->handed += sent;
   return sent;
 }
 
-/* Send conns[0..n) to workers of l by policy. Returns how many could not be sent;
- * those are moved, in order, to the front of conns. Each round sends something or
- * marks a worker full/dead, so it ends. */
+/* Send conns[0..n) to workers of l by policy and close the loop's copies of
+ * those sent. Returns how many could not be sent; those are moved, in order, to
+ * the front of conns. Each round sends something or marks a worker full/dead, so
+ * it ends. */
 static size_t dispatch_conns(struct pc_dispatch *d, struct listener *l, struct conn *conns, size_t n) {
   while (n > 0) {
-    size_t assigned = 0, i, j, left = 0;
+    size_t assigned = 0, i, j, left = 0, nclosing = 0;
     for (i = 0; i < n; i++) {
       d->owner[i] = choose(d, l, &conns[i]);
       if (d->owner[i] == NULL) break;
@@ -281,8 +312,12 @@ static size_t dispatch_conns(struct pc_dispatch *d, struct listener *l, struct c
         if (d->owner[j] == w) d->index[count++] = j;
       sent = send_to_worker(d, l, w, conns, d->index, count);
       for (j = 0; j < count; j++) d->owner[d->index[j]] = NULL;
-      for (j = 0; j < sent; j++) conns[d->index[j]].fd = -1;
+      for (j = 0; j < sent; j++) {
+        d->closing[nclosing++] = conns[d->index[j]].fd;
+        conns[d->index[j]].fd = -1;
+      }
     }
+    close_all(d->closing, nclosing);
     for (i = 0; i < n; i++)
       if (conns[i].fd >= 0) conns[left++] = conns[i];
     n = left;
@@ -330,7 +365,7 @@ static void listeners_wake(struct pc_dispatch *d, struct worker *w) {
 
 /* ---- accepting ------------------------------------------------------------- */
 
-static void accept_batch(struct pc_dispatch *d, struct listener *l) {
+static size_t accept_batch(struct pc_dispatch *d, struct listener *l) {
   size_t n = 0, left, tries;
   /* bounded: a run of per-connection errors cannot keep us here */
   for (tries = 0; n < BATCH && tries < 2 * BATCH; tries++) {
@@ -366,6 +401,7 @@ static void accept_batch(struct pc_dispatch *d, struct listener *l) {
     size_t i;
     for (i = 0; i < left; i++) close(d->batch[i].fd);
   }
+  return n;
 }
 
 /* ---- the API ---------------------------------------------------------------- */
@@ -562,7 +598,10 @@ int pc_dispatch_hand_off(struct pc_dispatch *d, uint32_t listener_id, int conn_f
   if (addr_len > 0) memcpy(&c.addr, addr, addr_len);
   /* behind older pending connections, not ahead of them */
   while (l->npending == 0 && (w = choose(d, l, &c)) != NULL)
-    if (send_to_worker(d, l, w, &c, &index, 1) == 1) return (int)w->id;
+    if (send_to_worker(d, l, w, &c, &index, 1) == 1) {
+      close(conn_fd);
+      return (int)w->id;
+    }
   if (pending_push(l, &c, 1) < 0) return -ENOMEM;
   pending_flush(d, l);
   listener_update(d, l);
@@ -638,7 +677,17 @@ int pc_dispatch_run(struct pc_dispatch *d, int64_t timeout_ns, struct pc_event *
         left = pause_left;
       }
     }
-    n = epoll_wait(d->epfd, evs, EPOLL_EVENTS, epoll_timeout_ms(left));
+    if (d->last_accepted >= BURST && left != 0) {
+      /* Connections come in bursts: nap, off every wait queue, so that the next
+       * ones queue up without waking us (see COALESCE_NS), then take them all. */
+      int64_t nap = left > 0 && left < COALESCE_NS ? left : COALESCE_NS;
+      struct timespec ts = {0, (long)nap};
+      if (nanosleep(&ts, NULL) < 0) return -errno; /* -EINTR: Python runs its handlers */
+      n = epoll_wait(d->epfd, evs, EPOLL_EVENTS, 0);
+    } else {
+      n = epoll_wait(d->epfd, evs, EPOLL_EVENTS, epoll_timeout_ms(left));
+    }
+    d->last_accepted = 0;
     if (n < 0) return -errno; /* -EINTR included: Python runs its handlers */
     /* Channels first, so that a worker drained in this wake can take connections
      * accepted in it. */
@@ -659,7 +708,7 @@ int pc_dispatch_run(struct pc_dispatch *d, int64_t timeout_ns, struct pc_event *
       l = find_listener(d, (uint32_t)evs[i].data.u64, NULL);
       if (l == NULL || !l->polled) continue;
       pending_flush(d, l);
-      if (l->npending == 0) accept_batch(d, l);
+      if (l->npending == 0) d->last_accepted += accept_batch(d, l);
       listener_update(d, l);
     }
     if (count > 0) return count;

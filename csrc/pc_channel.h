@@ -12,6 +12,8 @@
 #include <stdint.h>
 
 enum { PC_CHANNEL_MAX_FDS = 16 };
+/* Most connections one pc_channel_recv_conns call takes. */
+enum { PC_CHANNEL_RECV_CONNS_MAX = 16 };
 /* Message kinds used by the core; Python uses values >= 16 for its own frames. */
 enum { PC_MSG_CONN = 1, PC_MSG_DATA = 2 };
 
@@ -69,6 +71,17 @@ int pc_channel_send(int fd, uint32_t kind, uint64_t seq, const void *payload, ui
  * of the queue, then EOF. */
 int pc_channel_recv(int fd, uint32_t *kind, uint64_t *seq, void *buf, uint32_t cap,
                     uint32_t *length, int *fds, int *nfds);
+
+/* Receive up to max (1..PC_CHANNEL_RECV_CONNS_MAX) queued PC_MSG_CONN messages in
+ * one recvmmsg: their payloads into conns[i], their fds (close-on-exec) into
+ * fds[i], oldest first. For a channel that carries only connections (a worker's
+ * connection channel): it takes no more than max off the queue, so a caller that
+ * passes what it will serve now leaves the rest queued in the kernel. Any other
+ * message, or a malformed one (as pc_channel_recv defines it), is dropped and its
+ * fds closed. Returns the number of connections (> 0); 0 EOF (peer closed and the
+ * queue is empty); -EAGAIN nothing queued; -EBADMSG only dropped messages came;
+ * -EINVAL NULL arrays or max out of range. */
+int pc_channel_recv_conns(int fd, struct pc_conn_msg *conns, int *fds, int max);
 
 /* poll() for readable / writable with a nanosecond timeout (ppoll); < 0 waits
  * forever. 0 ready (HUP and errors count as ready: the next call reports them),

@@ -77,7 +77,11 @@ int pc_dispatch_unwatch(struct pc_dispatch *d, int fd);
  * up to 64 per wake -> choose a worker listening on it by policy (rr and sticky
  * skip a worker whose channel is full, least picks the fewest inflight +
  * connections + queued, ties in rr order) -> one PC_MSG_CONN per connection,
- * those for the same worker in one sendmmsg -> close the loop's copy.
+ * those for the same worker in one sendmmsg -> close the loop's copies (one
+ * close_range per run of consecutive fds). Coalescing: after a wake that found
+ * two or more connections waiting, the next call first naps up to 1 ms (never
+ * past timeout_ns) off the epoll wait queue, so that a burst costs one wake per
+ * batch rather than per 2-3 connections; a lone connection is never delayed.
  * Everything else (a watched fd ready, a worker channel readable or hung up) is
  * written to events[] and the call returns the count (> 0). Returns 0 on timeout
  * (timeout_ns < 0: none), -EINTR on a signal (not retried), -EINVAL for

@@ -1,5 +1,6 @@
 """node:cluster semantics with real processes and sockets on 127.0.0.1."""
 import collections
+import json
 import os
 import signal
 import socket
@@ -209,3 +210,77 @@ def test_bad_policy_and_address_in_the_primary():
             cluster.parse_address(bad)
     assert cluster.parse_address("[::1]:80") == (socket.AF_INET6, ("::1", 80))
     assert cluster.parse_address(8080)[1] == ("0.0.0.0", 8080)
+
+
+TWO_LISTENERS_SCRIPT = textwrap.dedent("""
+    import asyncio, json, sys, threading
+    from pyclusterc import cluster
+    served_port, accepted_port = int(sys.argv[1]), int(sys.argv[2])
+    if cluster.is_primary:
+        cluster.scheduling_policy = "rr"
+        cluster.fork()
+        listening = []
+        def on_listening(worker, address):
+            listening.append(address)
+            if len(listening) == 2:
+                print(json.dumps({"event": "ready"}), flush=True)
+        cluster.on("listening", on_listening)
+        cluster.run()
+    else:
+        served = cluster.listen(("127.0.0.1", served_port))
+        accepted = cluster.listen(("127.0.0.1", accepted_port))
+        def accept_loop():
+            for conn, peer in accepted:
+                with conn:
+                    conn.setblocking(True)
+                    conn.sendall(json.dumps(peer).encode())
+        threading.Thread(target=accept_loop, daemon=True).start()
+        class Hello(asyncio.Protocol):
+            def connection_made(self, transport):
+                transport.write(b"served")
+                transport.close()
+        asyncio.run(served.serve(Hello))
+""")
+
+
+def _free_ports(count):
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _read_all(sock):
+    data = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_serve_batches_and_accept_peers_across_two_listeners(tmp_path):
+    """serve() reads connections in batches (and may read the other listener's);
+    accept() on the other listener still gets each of its own with the client's
+    address."""
+    script = tmp_path / "two_listeners.py"
+    script.write_text(TWO_LISTENERS_SCRIPT)
+    served_port, accepted_port = _free_ports(2)
+    with ClusterProcess([sys.executable, str(script), str(served_port), str(accepted_port)]) as primary:
+        primary.wait_for("ready")
+        for _ in range(3):
+            burst = []
+            for i in range(24):
+                port = accepted_port if i % 4 == 0 else served_port
+                burst.append((port, socket.create_connection(("127.0.0.1", port), timeout=15)))
+            for port, s in burst:
+                with s:
+                    answer = _read_all(s)
+                    if port == served_port:
+                        assert answer == b"served"
+                    else:
+                        assert tuple(json.loads(answer)) == s.getsockname()

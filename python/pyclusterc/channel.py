@@ -24,6 +24,9 @@ KIND_CONTROL = 17                  # pyclusterc's own requests and replies (pick
 MAX_FDS = lib.PC_CHANNEL_MAX_FDS
 
 
+_new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
+
+
 class ChannelClosed(ConnectionError):
     """The other end of the channel is gone."""
 
@@ -115,7 +118,9 @@ class Channel:
             raise os_error(self.max_payload, f"channel fd {fd}")
         self._send_lock = threading.Lock()
         self._seq = 0
-        self._recv_buf = ffi.new("uint8_t[]", self.max_payload)
+        # Not zeroed: pages are only touched (and only count in the worker's memory)
+        # as large messages arrive.
+        self._recv_buf = _new_uncleared("uint8_t[]", self.max_payload)
         self._recv_fds = ffi.new("int[]", MAX_FDS)
         self._recv_out = ffi.new("uint32_t[3]")   # kind, length, nfds
         self._recv_seq = ffi.new("uint64_t *")

@@ -1210,6 +1210,8 @@ def run_command(args):
         if settings["threads"] is not None and preloaded[1] == "asgi":
             raise UsageError("conflicting options: --threads is for WSGI apps; this app is ASGI")
         gc.collect()
+        # Import the server module too, so its pages are shared like the app's.
+        importlib.import_module("pyclusterc.serve_asgi" if preloaded[1] == "asgi" else "pyclusterc.serve_wsgi")
         gc.freeze()  # keep the imported objects' pages shared after fork
         settings["interface"] = preloaded[1]
     explicit = args.bind is not None or "bind" in settings_file.load_file(".")[0]

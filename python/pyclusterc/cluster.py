@@ -9,13 +9,16 @@ Worker side: ``worker`` (itself), ``listen`` (a Listener fed by the primary), ``
 """
 import asyncio
 import collections
+import errno
 import os
 import queue
+import select
 import signal
 import socket
 import struct
 import sys
 import threading
+import time
 import types
 
 from ._core import EAGAIN, EINTR, ffi, lib, os_error, timeout_ns
@@ -39,6 +42,8 @@ _ENV_POLICY = "PYCLUSTERC_SCHED_POLICY"
 _ENV_SCOREBOARD = "PYCLUSTERC_SCOREBOARD_FD"
 _ENV_SLOT = "PYCLUSTERC_SCORE_SLOT"
 
+_SERVE_BATCH = 8     # connections Listener.serve takes per channel read
+_EBADMSG = -errno.EBADMSG
 _SLOT_BYTES = 64
 _MAX_SLOTS = 1024
 # Score slot fields, as indexes into 32- and 64-bit views of a slot (see pc_dispatch.h).
@@ -119,22 +124,29 @@ def format_address(sockaddr):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-_CONN_MSG = struct.Struct("=II128s")  # struct pc_conn_msg
+_CONN_MSG = struct.Struct("=II128s")  # struct pc_conn_msg: listener_id, addr_len, addr
+_FAMILY = struct.Struct("=H")
+_HOSTS = {}  # packed IP -> text: a server sees the same few client addresses again and again
 
 
-def _decode_peer(conn_msg):
-    """The client address carried in a PC_MSG_CONN payload (struct pc_conn_msg)."""
-    listener_id, addr_len = struct.unpack_from("=II", conn_msg)
-    raw = conn_msg[8:8 + addr_len]
-    if addr_len >= 8:
-        family = struct.unpack_from("=H", raw)[0]
+def _decode_peer(sockaddr):
+    """A client's address as accept() gives it, from the raw sockaddr in a
+    PC_MSG_CONN payload: (host, port) for IPv4 and IPv6, "" for anything else."""
+    if len(sockaddr) >= 8:
+        family = _FAMILY.unpack_from(sockaddr)[0]
         if family == socket.AF_INET:
-            port = struct.unpack_from("!H", raw, 2)[0]
-            return listener_id, (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
-        if family == socket.AF_INET6 and addr_len >= 24:
-            port = struct.unpack_from("!H", raw, 2)[0]
-            return listener_id, (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port)
-    return listener_id, ""
+            packed = sockaddr[4:8]
+        elif family == socket.AF_INET6 and len(sockaddr) >= 24:
+            packed = sockaddr[8:24]
+        else:
+            return ""
+        host = _HOSTS.get(packed)
+        if host is None:
+            if len(_HOSTS) >= 4096:
+                _HOSTS.clear()
+            host = _HOSTS[packed] = socket.inet_ntop(family, packed)
+        return host, sockaddr[2] << 8 | sockaddr[3]
+    return ""
 
 
 # ---- the scoreboard: one shared slot per worker ------------------------------------
@@ -147,17 +159,19 @@ class ScoreSlot:
         self.u32 = Uint32Array(board, index * _SLOT_BYTES, _SLOT_BYTES // 4)
         self.u64 = BigUint64Array(board, index * _SLOT_BYTES, _SLOT_BYTES // 8)
 
-    def connection_received(self):
-        """A connection arrived from the primary: `least` stops counting it as queued."""
-        self.u64.add(_U64_HANDED, 1)
-        self.connection_opened()
+    def connections_received(self, count):
+        """count connections arrived from the primary: `least` stops counting them as
+        queued. Once per batch, straight to the atomics (the hot path)."""
+        lib.pc_add_u64(self.u64._ptr, _U64_HANDED, count)
+        lib.pc_add_u32(self.u32._ptr, _U32_CONNECTIONS, count)
 
+    # `requests` counts what servers report through request_finished (HTTP requests);
+    # connections are counted apart, so a keep-alive connection is not a request.
     def connection_opened(self):
         self.u32.add(_U32_CONNECTIONS, 1)
-        self.u64.add(_U64_REQUESTS, 1)
 
     def connection_closed(self):
-        self.u32.sub(_U32_CONNECTIONS, 1)
+        lib.pc_sub_u32(self.u32._ptr, _U32_CONNECTIONS, 1)
 
     def request_started(self):
         self.u32.add(_U32_INFLIGHT, 1)
@@ -644,9 +658,7 @@ def check_rc(rc, what):
     return rc
 
 
-def _monotonic():
-    import time
-    return time.monotonic()
+_monotonic = time.monotonic
 
 
 def _rerun_main():
@@ -677,7 +689,8 @@ class Listener:
         self._sock = sock
         self.family = (socket.AF_UNIX if isinstance(address, str)
                        else socket.AF_INET6 if len(address) == 4 else socket.AF_INET)
-        self._queue = collections.deque()  # connections another listener read for us
+        # (socket, raw sockaddr): connections read off the channel and not yet accepted
+        self._queue = collections.deque()
         # Wakes accept() when a connection lands in _queue or the listener closes.
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) if sock is None else None
         self.closed = False
@@ -691,20 +704,26 @@ class Listener:
             raise ValueError("operation on a closed Listener")
         return self._sock.fileno() if self._sock is not None else self._owner.conn_fd
 
-    def _deliver(self, sock, peer):
-        self._queue.append((sock, peer))
+    def _deliver(self, sock, sockaddr):
+        """A connection for this listener that another one's accept read."""
+        self._queue.append((sock, sockaddr))
         os.eventfd_write(self._wake, 1)
 
-    def _poll(self):
-        """A waiting connection or None, without blocking."""
+    def _poll(self, most=1):
+        """(socket, raw sockaddr) of a waiting connection, or None, without blocking.
+        most: how many the channel read may take; the caller serves them all now."""
         if self.closed:
             raise ValueError("the Listener is closed")
         if self._queue:
             return self._queue.popleft()
-        return self._owner.next_connection(self)
+        return self._owner.next_connection(self, most)
 
     def _wait_fds(self):
         return [self._owner.conn_fd, self._wake]
+
+    def _wait(self, timeout):
+        if self._wake in select.select(self._wait_fds(), [], [], timeout)[0]:
+            self._drain_wake()
 
     def _drain_wake(self):
         try:
@@ -716,7 +735,6 @@ class Listener:
         """Block until a connection arrives: returns (socket, address)."""
         if self.closed:
             raise ValueError("accept() on a closed Listener")
-        import select
         if self._sock is not None:
             # The socket stays non-blocking: under `none` every worker shares its open
             # file description, so toggling the flag here would change it for all.
@@ -738,12 +756,11 @@ class Listener:
         while True:
             got = self._poll()
             if got is not None:
-                return got
+                return got[0], _decode_peer(got[1])
             left = None if deadline is None else max(0.0, deadline - _monotonic())
             if left == 0.0:
                 raise TimeoutError(f"no connection on {self!r} within {timeout} s")
-            select.select(self._wait_fds(), [], [], left)
-            self._drain_wake()
+            self._wait(left)
 
     def __iter__(self):
         while not self.closed:
@@ -767,7 +784,7 @@ class Listener:
             while True:
                 got = self._poll()
                 if got is not None:
-                    return got
+                    return got[0], _decode_peer(got[1])
                 wake.clear()
                 await wake.wait()
                 self._drain_wake()
@@ -784,13 +801,15 @@ class Listener:
                 await loop.connect_accepted_socket(protocol_factory, conn)
             return
         # Readers stay registered for the whole loop: no epoll_ctl per connection.
+        # Every connection read here is served at once, so a read may take several
+        # (one recvmmsg, one scoreboard update); the peer address is never decoded.
         wake = asyncio.Event()
         fds = self._wait_fds()
         for fd in fds:
             loop.add_reader(fd, wake.set)
         try:
             while not self.closed:
-                got = self._poll()
+                got = self._poll(_SERVE_BATCH)
                 if got is None:
                     wake.clear()
                     await wake.wait()
@@ -813,8 +832,8 @@ class Listener:
             return
         self._owner.unlisten(self)
         while self._queue:
-            sock, _ = self._queue.popleft()
-            self._owner.return_connection(sock, self.listener_id)
+            sock, sockaddr = self._queue.popleft()
+            self._owner.return_connection(sock, self.listener_id, sockaddr)
         os.eventfd_write(self._wake, 1)  # wake accept() calls; the fd closes with the object
 
     def __del__(self):
@@ -837,6 +856,9 @@ class _WorkerSelf(EventEmitter):
         self._conns = conns
         self.conn_fd = conns.fd
         self._conns_lock = threading.Lock()
+        self._conn_msgs = ffi.new("struct pc_conn_msg[]", lib.PC_CHANNEL_RECV_CONNS_MAX)
+        self._conn_fds = ffi.new("int[]", lib.PC_CHANNEL_RECV_CONNS_MAX)
+        self._conn_bytes = ffi.buffer(self._conn_msgs)
         self.id = worker_id
         self.process = types.SimpleNamespace(pid=os.getpid())
         self.pid = os.getpid()
@@ -887,9 +909,16 @@ class _WorkerSelf(EventEmitter):
             self._disconnected.wait()
 
     def track(self, sock):
-        if self._slot is not None:
-            self._slot.connection_opened()
-        return sock
+        """A connection the worker accepted itself (none/reuseport): count it open now
+        and closed when it is closed, like the ones the primary hands over."""
+        if self._slot is None:
+            return sock
+        timeout = sock.gettimeout()
+        tracked = _TrackedSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        tracked.settimeout(timeout)
+        tracked._slot = self._slot
+        self._slot.connection_opened()
+        return tracked
 
     # -- listening -------------------------------------------------------------------
     def listen(self, address, backlog=511):
@@ -915,39 +944,49 @@ class _WorkerSelf(EventEmitter):
         if not self._disconnected.is_set():
             self._channel.send_object({"cmd": "unlisten", "listener_id": listener.listener_id}, KIND_CONTROL)
 
-    def next_connection(self, listener):
-        """Read the connection channel until one for `listener` turns up (or none is
-        waiting). Connections for the worker's other listeners are queued on them."""
+    def next_connection(self, listener, most=1):
+        """(socket, raw sockaddr) of the next connection for `listener`, or None when
+        none is waiting. Reads the connection channel, at most `most` connections per
+        read and only when the listener's queue is empty: connections this worker will
+        not serve now stay in the kernel (the primary reads them back if it dies).
+        Those read for the worker's other listeners are queued on them."""
         with self._conns_lock:
-            while True:
-                if listener._queue:
-                    return listener._queue.popleft()
-                message = self._conns.receive()
-                if message is None:
+            queue = listener._queue
+            while not queue:
+                n = lib.pc_channel_recv_conns(self.conn_fd, self._conn_msgs, self._conn_fds, most)
+                if n > 0:
+                    self._take_connections(n, listener)
+                elif n == EAGAIN:
                     return None
-                kind, payload, fds = message
-                if kind != KIND_CONN:
-                    for fd in fds:
-                        os.close(fd)
-                    continue
-                listener_id, peer = _decode_peer(payload)
-                # Family, type and proto given: the socket need not probe the fd (3 syscalls).
-                sock = _TrackedSocket(listener.family, socket.SOCK_STREAM, 0, fileno=fds[0])
-                sock._slot = self._slot
-                if self._slot is not None:
-                    self._slot.connection_received()
-                if listener_id == listener.listener_id:
-                    return sock, peer
-                owner = self._listeners.get(listener_id)
-                if owner is None or owner.closed:
-                    self.return_connection(sock, listener_id)
-                else:
-                    owner._deliver(sock, peer)
+                elif n == 0:
+                    raise ChannelClosed("the primary closed the connection channel")
+                elif n != EINTR and n != _EBADMSG:  # EBADMSG: malformed ones were dropped
+                    raise os_error(n, "connection channel")
+            return queue.popleft()
 
-    def return_connection(self, sock, listener_id):
+    def _take_connections(self, count, reader):
+        if self._slot is not None:
+            self._slot.connections_received(count)
+        fds = self._conn_fds
+        for i, (listener_id, addr_len, addr) in enumerate(
+                _CONN_MSG.iter_unpack(self._conn_bytes[:count * _CONN_MSG.size])):
+            owner = self._listeners.get(listener_id)
+            family = reader.family if owner is None else owner.family
+            # Family, type and proto given: the socket need not probe the fd (3 syscalls).
+            sock = _TrackedSocket(family, socket.SOCK_STREAM, 0, fileno=fds[i])
+            sock._slot = self._slot
+            if owner is None or owner.closed:
+                self.return_connection(sock, listener_id, addr[:addr_len])
+            elif owner is reader:
+                owner._queue.append((sock, addr[:addr_len]))
+            else:
+                owner._deliver(sock, addr[:addr_len])
+
+    def return_connection(self, sock, listener_id, sockaddr=b""):
         """A connection that reached a closed listener goes back to the primary."""
         try:
-            self._conns.send_bytes(_CONN_MSG.pack(listener_id, 0, b""), KIND_CONN, [sock.fileno()])
+            self._conns.send_bytes(_CONN_MSG.pack(listener_id, len(sockaddr), sockaddr), KIND_CONN,
+                                   [sock.fileno()])
         finally:
             sock.close()
 

@@ -419,6 +419,59 @@ static void test_wait_timeout(void) {
   ASSERT_EQ(pc_channel_wait_readable(ch[1], 0), -EBADF);
 }
 
+/* A batch read of connections: at most max taken, the rest left queued; other
+ * kinds and malformed messages dropped with their fds closed; then EOF. */
+static void test_recv_conns(void) {
+  struct pc_conn_msg conn, got[PC_CHANNEL_RECV_CONNS_MAX];
+  int ch[2], p[2], fds[PC_CHANNEL_RECV_CONNS_MAX], i, before = count_open_fds();
+  struct pc_msg_header bad = {.kind = PC_MSG_CONN, .length = 3, .seq = 9};
+  ASSERT_EQ(pc_channel_pair(ch), 0);
+  ASSERT_EQ(pipe(p), 0);
+  ASSERT_EQ(pc_channel_recv_conns(ch[1], got, fds, 1), -EAGAIN);
+  for (i = 0; i < 3; i++) {
+    memset(&conn, 0, sizeof conn);
+    conn.listener_id = 10 + (uint32_t)i;
+    conn.addr_len = 4;
+    memcpy(conn.addr, "abcd", 4);
+    ASSERT_EQ(pc_channel_send(ch[0], PC_MSG_CONN, (uint64_t)i + 1, &conn, sizeof conn, &p[1], 1), 0);
+  }
+  ASSERT_EQ(pc_channel_recv_conns(ch[1], got, fds, 2), 2); /* the third stays queued */
+  for (i = 0; i < 2; i++) {
+    ASSERT_EQ(got[i].listener_id, 10 + (uint32_t)i);
+    ASSERT_EQ(got[i].addr_len, 4);
+    ASSERT(memcmp(got[i].addr, "abcd", 4) == 0);
+    check_pipe_end(fds[i], p[0]);
+    close(fds[i]);
+  }
+  /* behind the third: a data message with an fd, a malformed frame, one more conn */
+  ASSERT_EQ(pc_channel_send(ch[0], PC_MSG_DATA, 4, "x", 1, &p[1], 1), 0);
+  send_raw(ch[0], &bad, sizeof bad, &p[1], 1);
+  ASSERT_EQ(pc_channel_send(ch[0], PC_MSG_CONN, 5, &conn, sizeof conn, &p[1], 1), 0);
+  ASSERT_EQ(pc_channel_recv_conns(ch[1], got, fds, PC_CHANNEL_RECV_CONNS_MAX), 2);
+  ASSERT_EQ(got[0].listener_id, 12);
+  ASSERT_EQ(got[1].listener_id, 12);
+  for (i = 0; i < 2; i++) {
+    check_pipe_end(fds[i], p[0]);
+    close(fds[i]);
+  }
+  /* only dropped ones */
+  send_raw(ch[0], &bad, sizeof bad, &p[1], 1);
+  ASSERT_EQ(pc_channel_recv_conns(ch[1], got, fds, 4), -EBADMSG);
+  /* connections before an EOF come first, then the EOF */
+  ASSERT_EQ(pc_channel_send(ch[0], PC_MSG_CONN, 6, &conn, sizeof conn, &p[1], 1), 0);
+  close(ch[0]);
+  ASSERT_EQ(pc_channel_recv_conns(ch[1], got, fds, 4), 1);
+  close(fds[0]);
+  ASSERT_EQ(pc_channel_recv_conns(ch[1], got, fds, 4), 0);
+  ASSERT_EQ(pc_channel_recv_conns(ch[1], got, fds, 0), -EINVAL);
+  ASSERT_EQ(pc_channel_recv_conns(ch[1], got, fds, PC_CHANNEL_RECV_CONNS_MAX + 1), -EINVAL);
+  ASSERT_EQ(pc_channel_recv_conns(ch[1], NULL, fds, 1), -EINVAL);
+  close(ch[1]);
+  close(p[0]);
+  close(p[1]);
+  ASSERT_EQ(count_open_fds(), before);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_DFL); /* a SIGPIPE would fail the test */
   RUN_TEST(test_pair_flags);
@@ -432,5 +485,6 @@ int main(void) {
   RUN_TEST(test_malformed);
   RUN_TEST(test_malformed_across_fork);
   RUN_TEST(test_wait_timeout);
+  RUN_TEST(test_recv_conns);
   return 0;
 }

@@ -192,6 +192,36 @@ static void test_rr_sequence(void) {
   ASSERT_EQ(count_open_fds(), before);
 }
 
+/* A burst: the loop's copies are closed a run of fds at a time (nothing leaks,
+ * nothing else is closed), and the nap that follows a burst never outlasts the
+ * caller's timeout. */
+static void test_burst(void) {
+  struct fixture f;
+  struct pc_event ev[8];
+  int clients[31], i, conns = 0, before = count_open_fds();
+  int64_t start;
+  setup(&f, PC_SCHED_RR, NW);
+  for (i = 0; i < 30; i++) clients[i] = client(f.port, 0, NULL);
+  pump_until(&f, NW, 30);
+  start = now_ns();
+  ASSERT_EQ(pc_dispatch_run(f.d, 0, ev, 8), 0);
+  ASSERT_LT(now_ns() - start, 500000000LL);
+  clients[30] = client(f.port, 0, NULL);
+  pump_until(&f, NW, 31);
+  for (i = 0; i < NW; i++) {
+    int conn;
+    while (conns < 31 && (conn = take_conn(f.ch[i][1], NULL)) >= 0) {
+      conns++;
+      close(conn);
+      if (pc_channel_wait_readable(f.ch[i][1], 0) != 0) break;
+    }
+  }
+  ASSERT_EQ(conns, 31);
+  for (i = 0; i < 31; i++) close(clients[i]);
+  teardown(&f, NW);
+  ASSERT_EQ(count_open_fds(), before);
+}
+
 /* Many connections in one wake (one accept batch, one sendmmsg per worker):
  * still an even rotation, and each worker sees one PC_MSG_CONN per connection. */
 static void test_rr_batch(void) {
@@ -607,6 +637,7 @@ int main(void) {
   alarm(50); /* whatever happens, this test ends */
   RUN_TEST(test_rr_sequence);
   RUN_TEST(test_rr_batch);
+  RUN_TEST(test_burst);
   RUN_TEST(test_least);
   RUN_TEST(test_least_burst);
   RUN_TEST(test_sticky);
