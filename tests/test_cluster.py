@@ -132,7 +132,8 @@ SHARED_SCRIPT = textwrap.dedent("""
         worker.on("message", done)
         cluster.run()
     else:
-        import threading
+        import threading, time
+        time.sleep(0.5)  # the primary sends at "online": before this worker listens
         finished = threading.Event()
         def got(msg):
             msg["counter"].add(0, 5)

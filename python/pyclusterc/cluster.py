@@ -871,9 +871,30 @@ class _WorkerSelf(EventEmitter):
         self._pending = {}
         self._next_req = 1
         self._disconnected = threading.Event()
+        self._early_messages = []
+        self._early_lock = threading.RLock()
         self._reader = threading.Thread(target=self._read_loop, name="pyclusterc-channel", daemon=True)
         self._reader.start()
         channel.send_object({"cmd": "online"}, KIND_CONTROL)
+
+    def on(self, event, callback):
+        super().on(event, callback)
+        if event == "message":
+            self._deliver_early()
+        return self
+
+    def once(self, event, callback):
+        super().once(event, callback)
+        if event == "message":
+            self._deliver_early()
+        return self
+
+    def _deliver_early(self):
+        # Under the lock, so a message arriving meanwhile cannot overtake these.
+        with self._early_lock:
+            early, self._early_messages = self._early_messages, []
+            for message in early:
+                self.emit("message", message)
 
     def send(self, message):
         if self._disconnected.is_set():
@@ -1033,7 +1054,14 @@ class _WorkerSelf(EventEmitter):
             elif cmd == "disconnect":
                 self.disconnect()
         elif kind == KIND_DATA:
-            self.emit("message", loads(payload, fds))
+            message = loads(payload, fds)
+            with self._early_lock:
+                if not self.listener_count("message"):
+                    # No listener yet: the primary may answer "online" before the
+                    # worker's script has registered one. Keep it for the first.
+                    self._early_messages.append(message)
+                    return
+            self.emit("message", message)
         else:
             for fd in fds:
                 os.close(fd)
