@@ -155,3 +155,10 @@ def test_same_code_runs_on_workerpool_and_dask_executor(pool):
         assert isinstance(executor, cf.Executor)
         assert squares_report(executor) == expected
         executor.shutdown()
+
+
+def test_map_progress_bar_counts_every_task(capsys):
+    with WorkerPool(2) as pool:
+        assert list(pool.map(abs, range(-6, 0), progress=True)) == [6, 5, 4, 3, 2, 1]
+    err = capsys.readouterr().err
+    assert "6/6" in err, err

@@ -142,7 +142,11 @@ class WorkerPool(cf.Executor):
             chunks = super().map(_run_chunk, itertools.repeat(fn), _chunks(iterables, chunksize),
                                  timeout=timeout)
             results = itertools.chain.from_iterable(chunks)
-        return _with_progress(results) if progress else results
+        if not progress:
+            return results
+        sizes = [len(it) for it in iterables if hasattr(it, "__len__")]
+        total = min(sizes) if len(sizes) == len(iterables) and sizes else None
+        return _with_progress(results, total)
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         with self._lock:
@@ -261,13 +265,15 @@ class WorkerPool(cf.Executor):
             self._wake_w = None
 
 
-def _with_progress(results):
+def _with_progress(results, total):
+    """A tqdm progress bar over the results (a plain counter if tqdm is missing)."""
     try:
         from tqdm import tqdm
-        yield from tqdm(results)
-        return
     except ImportError:
-        pass
+        tqdm = None
+    if tqdm is not None:
+        yield from tqdm(results, total=total, unit="task")
+        return
     tty = sys.stderr.isatty()
     for n, value in enumerate(results, 1):
         if tty:
