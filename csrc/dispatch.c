@@ -506,13 +506,20 @@ int pc_dispatch_add_worker(struct pc_dispatch *d, uint32_t worker_id, int channe
   return 0;
 }
 
+/* The worker and listener named by a (un)listen call: 0, -EINVAL or -ENOENT. */
+static int find_pair(struct pc_dispatch *d, uint32_t worker_id, uint32_t listener_id,
+                     struct worker **w, struct listener **l) {
+  if (d == NULL) return -EINVAL;
+  *w = find_worker(d, worker_id, NULL);
+  *l = find_listener(d, listener_id, NULL);
+  return *w == NULL || *l == NULL ? -ENOENT : 0;
+}
+
 int pc_dispatch_worker_listen(struct pc_dispatch *d, uint32_t worker_id, uint32_t listener_id) {
   struct worker *w;
   struct listener *l;
-  if (d == NULL) return -EINVAL;
-  w = find_worker(d, worker_id, NULL);
-  l = find_listener(d, listener_id, NULL);
-  if (w == NULL || l == NULL) return -ENOENT;
+  int rc = find_pair(d, worker_id, listener_id, &w, &l);
+  if (rc < 0) return rc;
   if (is_member(l, w)) return 0;
   if (reserve((void **)&l->members, &l->cap_members, l->nmembers, sizeof *l->members) < 0) return -ENOMEM;
   l->members[l->nmembers++] = w;
@@ -538,10 +545,8 @@ static int listener_drop_member(struct pc_dispatch *d, struct listener *l, struc
 int pc_dispatch_worker_unlisten(struct pc_dispatch *d, uint32_t worker_id, uint32_t listener_id) {
   struct worker *w;
   struct listener *l;
-  if (d == NULL) return -EINVAL;
-  w = find_worker(d, worker_id, NULL);
-  l = find_listener(d, listener_id, NULL);
-  if (w == NULL || l == NULL) return -ENOENT;
+  int rc = find_pair(d, worker_id, listener_id, &w, &l);
+  if (rc < 0) return rc;
   listener_drop_member(d, l, w);
   return 0;
 }

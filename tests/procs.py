@@ -76,17 +76,38 @@ class ClusterProcess:
         return self.proc.wait(timeout)
 
     def kill(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
+        kill_group(self.proc)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.kill()
+
+
+def kill_group(proc):
+    """SIGKILL the session a test started (start_new_session=True) and reap its leader."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
+
+
+def group_members(pgid):
+    """Live (non-zombie) pids in a process group."""
+    alive = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(pid))
+    return alive
 
 
 def pid_alive(pid):

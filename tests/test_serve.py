@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from procs import group_members, kill_group
+
 pytestmark = pytest.mark.timeout(90)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -66,25 +68,10 @@ class Cli:
 
     def group_alive(self):
         """Pids still in the process group (the primary's session)."""
-        alive = []
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == self.proc.pid and fields[0] != "Z":
-                alive.append(int(pid))
-        return alive
+        return group_members(self.proc.pid)
 
     def kill(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
+        kill_group(self.proc)
 
     def __enter__(self):
         return self

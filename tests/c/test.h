@@ -3,6 +3,7 @@
  * RUN_TEST list in main(). Each test_*.c is one ctest executable. */
 #ifndef PC_TEST_H
 #define PC_TEST_H
+#include <dirent.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,17 @@
 #define ASSERT_NE(a, b) ASSERT_INT_BASE(a, !=, b)
 #define ASSERT_GE(a, b) ASSERT_INT_BASE(a, >=, b)
 #define ASSERT_LT(a, b) ASSERT_INT_BASE(a, <, b)
+
+/* Open fds of this process, for leak checks around a case. */
+static inline int count_open_fds(void) {
+  DIR *dir = opendir("/proc/self/fd");
+  struct dirent *e;
+  int n = 0;
+  ASSERT(dir != NULL);
+  while ((e = readdir(dir)) != NULL) n += e->d_name[0] != '.';
+  closedir(dir);
+  return n - 1; /* the directory's own fd */
+}
 
 #define RUN_TEST(fn)                                                                  \
   do {                                                                                \

@@ -4,7 +4,6 @@
 #include "pc_channel.h"
 #include "test.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -24,16 +23,6 @@ struct received {
 static int recv_msg(int fd, struct received *r) {
   memset(r, 0, sizeof *r);
   return pc_channel_recv(fd, &r->kind, &r->seq, r->buf, sizeof r->buf, &r->length, r->fds, &r->nfds);
-}
-
-static int count_open_fds(void) {
-  DIR *dir = opendir("/proc/self/fd");
-  struct dirent *e;
-  int n = 0;
-  ASSERT(dir != NULL);
-  while ((e = readdir(dir)) != NULL) n += e->d_name[0] != '.';
-  closedir(dir);
-  return n - 1; /* the directory's own fd */
 }
 
 static int is_cloexec(int fd) { return (fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0; }

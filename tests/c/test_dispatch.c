@@ -7,7 +7,6 @@
 #include "test.h"
 
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -33,16 +32,6 @@ static int64_t now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static int count_open_fds(void) {
-  DIR *dir = opendir("/proc/self/fd");
-  struct dirent *e;
-  int n = 0;
-  ASSERT(dir != NULL);
-  while ((e = readdir(dir)) != NULL) n += e->d_name[0] != '.';
-  closedir(dir);
-  return n - 1;
 }
 
 static int make_listener(uint16_t *port) {
