@@ -93,6 +93,28 @@ def test_status_metrics_and_socket_permissions(runtime_dir):
         assert cli.group_alive() == []
 
 
+def open_connections(runtime_dir, name="t"):
+    code, out, err = ctl(runtime_dir, "metrics", name)
+    assert code == 0, err
+    return sum(int(v) for v in re.findall(r"^pyclusterc_worker_open_connections\{[^}]*\} (\S+)$", out, re.M))
+
+
+@pytest.mark.parametrize("target", ["hello_asgi:app", "plain_wsgi:app"])
+def test_open_connections_gauge_falls_back_to_zero(runtime_dir, target):
+    """Every closed connection is counted closed, whichever way the server closes it
+    (uvloop detaches the socket object; the WSGI worker closes it); `least` reads it."""
+    with serve(runtime_dir, target) as cli:
+        cli.wait_line("ready, 2 workers")
+        for _ in range(20):
+            assert get(cli.port)[0] == 200
+        held = socket.create_connection(("127.0.0.1", cli.port), timeout=10)
+        try:
+            wait_until(lambda: open_connections(runtime_dir) == 1, 10, "one open connection")
+        finally:
+            held.close()
+        wait_until(lambda: open_connections(runtime_dir) == 0, 10, "no open connection")
+
+
 def test_missing_and_stale_primary_is_one_line(runtime_dir):
     code, out, err = ctl(runtime_dir, "status", "nobody")
     assert code != 0 and err.count("\n") == 1 and "no running cluster named 'nobody'" in err

@@ -173,12 +173,13 @@ class ScoreSlot:
     def connection_closed(self):
         lib.pc_sub_u32(self.u32._ptr, _U32_CONNECTIONS, 1)
 
+    # Per request under ASGI and WSGI: straight to the atomics, like the batch above.
     def request_started(self):
-        self.u32.add(_U32_INFLIGHT, 1)
+        lib.pc_add_u32(self.u32._ptr, _U32_INFLIGHT, 1)
 
     def request_finished(self):
-        self.u32.sub(_U32_INFLIGHT, 1)
-        self.u64.add(_U64_REQUESTS, 1)
+        lib.pc_sub_u32(self.u32._ptr, _U32_INFLIGHT, 1)
+        lib.pc_add_u64(self.u64._ptr, _U64_REQUESTS, 1)
 
     def clear(self):
         for i in range(len(self.u64)):
@@ -200,6 +201,13 @@ class _TrackedSocket(socket.socket):
         if slot is not None:
             slot.connection_closed()
         super().close()
+
+    def detach(self):
+        # uvloop's transports detach the socket object and close the fd themselves.
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.connection_closed()
+        return super().detach()
 
 
 # ---- primary side ---------------------------------------------------------------
@@ -694,6 +702,7 @@ class Listener:
         # Wakes accept() when a connection lands in _queue or the listener closes.
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) if sock is None else None
         self.closed = False
+        self._on_close = None  # ends a running serve() (set by it)
 
     def __repr__(self):
         return f"<Listener {format_address(self.address)}>"
@@ -800,26 +809,46 @@ class Listener:
                 conn, _ = await self.accept_async()
                 await loop.connect_accepted_socket(protocol_factory, conn)
             return
-        # Readers stay registered for the whole loop: no epoll_ctl per connection.
-        # Every connection read here is served at once, so a read may take several
-        # (one recvmmsg, one scoreboard update); the peer address is never decoded.
-        wake = asyncio.Event()
+        # A reader callback, not a task that awaits each connection: one batch read off
+        # the channel (one recvmmsg, one scoreboard update) starts every connection in
+        # it within the same loop pass. Readers stay registered: no epoll_ctl per
+        # connection. The peer address is never decoded.
+        stopped = loop.create_future()
+        starting = set()  # strong references: the loop keeps only weak ones to tasks
+
+        def start_batch():
+            self._drain_wake()
+            try:
+                # What is queued, then at most one channel read per pass: the loop serves
+                # the connections it has before taking more (level-triggered readers
+                # call back while the channel holds any).
+                got = self._poll(_SERVE_BATCH)
+                while got is not None:
+                    task = loop.create_task(loop.connect_accepted_socket(protocol_factory, got[0]))
+                    starting.add(task)
+                    task.add_done_callback(connection_started)
+                    got = self._queue.popleft() if self._queue else None
+            except (ValueError, OSError) as exc:  # closed listener, or a broken channel
+                if not stopped.done():
+                    if self.closed:
+                        stopped.set_result(None)
+                    else:
+                        stopped.set_exception(exc)
+
+        def connection_started(task):
+            starting.discard(task)
+            if not task.cancelled():
+                task.exception()  # a client gone before its protocol started: nothing to do
+
         fds = self._wait_fds()
         for fd in fds:
-            loop.add_reader(fd, wake.set)
+            loop.add_reader(fd, start_batch)
+        self._on_close = lambda: stopped.done() or stopped.set_result(None)
         try:
-            while not self.closed:
-                got = self._poll(_SERVE_BATCH)
-                if got is None:
-                    wake.clear()
-                    await wake.wait()
-                    self._drain_wake()
-                    continue
-                await loop.connect_accepted_socket(protocol_factory, got[0])
-        except ValueError:
-            if not self.closed:
-                raise
+            start_batch()  # connections queued before the readers were added
+            await stopped
         finally:
+            self._on_close = None
             for fd in fds:
                 loop.remove_reader(fd)
 
@@ -835,6 +864,8 @@ class Listener:
             sock, sockaddr = self._queue.popleft()
             self._owner.return_connection(sock, self.listener_id, sockaddr)
         os.eventfd_write(self._wake, 1)  # wake accept() calls; the fd closes with the object
+        if self._on_close is not None:
+            self._on_close()
 
     def __del__(self):
         if self._wake is not None:
