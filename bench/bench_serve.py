@@ -38,6 +38,9 @@ def mixed_servers(port):
     return {
         "pyclusterc asgi --sched least": [PY, "-m", "pyclusterc", "run", "hello_asgi:app", "-i", "2",
                                           "--sched", "least", "-b", f"127.0.0.1:{port}", "--log-level", "warning"],
+        "pyclusterc asgi --sched least --threads 4": [PY, "-m", "pyclusterc", "run", "hello_asgi:app", "-i", "2",
+                                                      "--sched", "least", "--threads", "4",
+                                                      "-b", f"127.0.0.1:{port}", "--log-level", "warning"],
         "pyclusterc asgi --sched rr": [PY, "-m", "pyclusterc", "run", "hello_asgi:app", "-i", "2",
                                        "-b", f"127.0.0.1:{port}", "--log-level", "warning"],
         "uvicorn": [PY, "-m", "uvicorn", "hello_asgi:app", "--workers", "2", "--port", str(port),

@@ -55,7 +55,7 @@ def test_console_script_is_installed():
     (["plain_wsgi:app", "-b", "127.0.0.1:99999"], "invalid --bind"),
     (["plain_wsgi:app", "-b", "fd://abc"], "fd:// takes a file descriptor number"),
     (["plain_wsgi:app", "-b", "fd://987"], "fd 987 is not an open socket"),
-    (["plain_wsgi:app", "--interface", "asgi", "--threads", "4"], "conflicting options"),
+    (["echo_script.py", "--threads", "4"], "conflicting options"),
     (["echo_script.py", "--preload"], "conflicting options"),
     (["plain_wsgi:app", "--interface", "script"], "conflicting options"),
     (["plain_wsgi:app", "--sched", "fastest"], "invalid choice"),

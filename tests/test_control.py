@@ -252,6 +252,26 @@ def test_hung_worker_is_killed_and_replaced(runtime_dir):
         assert get(cli.port)[0] == 200
 
 
+def test_asgi_threads_serve_past_a_blocked_loop_and_a_stuck_loop_is_still_caught(runtime_dir):
+    """--threads 2 under ASGI: two event loops in the one worker, each with its own
+    lifespan. While one loop is blocked for good, the other serves; the heartbeat is the
+    older loop's, so --timeout still replaces the worker."""
+    with serve(runtime_dir, "managed_asgi:app", "--threads", "2", "--timeout", "4", instances=1) as cli:
+        cli.wait_line("ready, 1 workers")
+        (worker_pid,) = before = pids(runtime_dir)
+        hang = threading.Thread(target=lambda: _quiet(get, cli.port, "/hang", 30), daemon=True)
+        hang.start()
+        time.sleep(0.5)  # the hang has reached a loop
+        for _ in range(5):
+            started = time.monotonic()
+            status, _, body = get(cli.port, timeout=3)
+            assert status == 200 and json.loads(body)["pid"] == worker_pid
+            assert time.monotonic() - started < 1.0
+        cli.wait_line("is hung", timeout=15)
+        wait_until(lambda: len(status_rows(runtime_dir)) == 1 and pids(runtime_dir) != before, 15, "replacement")
+        assert get(cli.port)[0] == 200
+
+
 def test_max_memory_restart_replaces_gracefully(runtime_dir):
     with serve(runtime_dir, "managed_asgi:app", "--max-memory-restart", "100M", instances=1) as cli:
         cli.wait_line("ready, 1 workers")

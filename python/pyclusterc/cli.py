@@ -84,7 +84,8 @@ def build_parser():
     run.add_argument("--sched", choices=("rr", "least", "sticky", "none", "reuseport"),
                      help="how connections reach workers; default rr (round-robin by the primary)")
     run.add_argument("--threads", type=_positive_int, metavar="N",
-                     help="WSGI threads per worker (default 8)")
+                     help="threads per worker: WSGI request threads (default 8); ASGI event "
+                          "loops, each with its own lifespan (default 1)")
     run.add_argument("--preload", action="store_true", default=None,
                      help="import the app in the primary, gc.freeze(), then fork the workers")
     run.add_argument("--name", help="a name for this cluster (used by the control commands)")
@@ -216,8 +217,8 @@ def resolve_settings(args, directory="."):
         raise UsageError(f"conflicting options: --interface script needs a path/to/script.py, got {target!r}")
     if merged["interface"] == "script" and merged["preload"]:
         raise UsageError("conflicting options: --preload imports an app; a script runs in each worker")
-    if merged["threads"] is not None and merged["interface"] in ("asgi", "script"):
-        raise UsageError(f"conflicting options: --threads is for WSGI apps, not --interface {merged['interface']}")
+    if merged["threads"] is not None and merged["interface"] == "script":
+        raise UsageError("conflicting options: --threads is for WSGI and ASGI apps; a script runs its own")
     return merged
 
 
@@ -531,7 +532,7 @@ def worker_main(settings, app=None, interface=None, close_fds=()):
     slot = getattr(cluster.worker, "_slot", None)
     options = {"log_level": settings["log_level"], "access_log": settings["access_log"],
                "kill_timeout": settings["kill_timeout"], "threads": settings["threads"],
-               "slot": slot, "heartbeat": _heartbeat(slot)}
+               "slot": slot, "heartbeat": _heartbeat(slot), "live_counts": settings["sched"] == "least"}
     if interface == "asgi":
         from . import serve_asgi
         code = serve_asgi.run(app, listeners, options, on_stop)
@@ -552,7 +553,7 @@ def _heartbeat(slot):
         return lambda: None
     from .cluster import _U64_HEARTBEAT
     u64 = slot.u64
-    return lambda: u64.store(_U64_HEARTBEAT, time.monotonic_ns())
+    return lambda stamp=None: u64.store(_U64_HEARTBEAT, stamp or time.monotonic_ns())
 
 
 def _run_script(settings):
@@ -1207,8 +1208,6 @@ def run_command(args):
     preloaded = None
     if settings["preload"]:
         preloaded = load_target(settings["target"], settings["interface"], settings["app_dir"])
-        if settings["threads"] is not None and preloaded[1] == "asgi":
-            raise UsageError("conflicting options: --threads is for WSGI apps; this app is ASGI")
         gc.collect()
         # Import the server module too, so its pages are shared like the app's.
         importlib.import_module("pyclusterc.serve_asgi" if preloaded[1] == "asgi" else "pyclusterc.serve_wsgi")

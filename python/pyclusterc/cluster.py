@@ -181,6 +181,11 @@ class ScoreSlot:
         lib.pc_sub_u32(self.u32._ptr, _U32_INFLIGHT, 1)
         lib.pc_add_u64(self.u64._ptr, _U64_REQUESTS, 1)
 
+    def publish(self, requests, inflight):
+        """Totals a server keeps itself, published now and then instead of per request."""
+        self.u64.store(_U64_REQUESTS, requests)
+        self.u32.store(_U32_INFLIGHT, inflight)
+
     def clear(self):
         for i in range(len(self.u64)):
             self.u64.store(i, 0)
@@ -702,7 +707,7 @@ class Listener:
         # Wakes accept() when a connection lands in _queue or the listener closes.
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) if sock is None else None
         self.closed = False
-        self._on_close = None  # ends a running serve() (set by it)
+        self._on_close = set()  # each ends a running serve()
 
     def __repr__(self):
         return f"<Listener {format_address(self.address)}>"
@@ -801,8 +806,10 @@ class Listener:
             for fd in fds:
                 loop.remove_reader(fd)
 
-    async def serve(self, protocol_factory):
-        """Serve every connection with an asyncio protocol until the listener closes."""
+    async def serve(self, protocol_factory, batch=None):
+        """Serve every connection with an asyncio protocol until the listener closes.
+        batch: connections taken per channel read (default 8). Several event loops may
+        serve one listener at once; each takes connections only while it runs."""
         loop = asyncio.get_running_loop()
         if self._sock is not None:
             while not self.closed:
@@ -822,7 +829,7 @@ class Listener:
                 # What is queued, then at most one channel read per pass: the loop serves
                 # the connections it has before taking more (level-triggered readers
                 # call back while the channel holds any).
-                got = self._poll(_SERVE_BATCH)
+                got = self._poll(batch or _SERVE_BATCH)
                 while got is not None:
                     task = loop.create_task(loop.connect_accepted_socket(protocol_factory, got[0]))
                     starting.add(task)
@@ -843,12 +850,15 @@ class Listener:
         fds = self._wait_fds()
         for fd in fds:
             loop.add_reader(fd, start_batch)
-        self._on_close = lambda: stopped.done() or stopped.set_result(None)
+        def on_close():  # from whichever thread closes the listener
+            loop.call_soon_threadsafe(lambda: stopped.done() or stopped.set_result(None))
+        self._on_close.add(on_close)
         try:
-            start_batch()  # connections queued before the readers were added
-            await stopped
+            if not self.closed:
+                start_batch()  # connections queued before the readers were added
+                await stopped
         finally:
-            self._on_close = None
+            self._on_close.discard(on_close)
             for fd in fds:
                 loop.remove_reader(fd)
 
@@ -864,8 +874,8 @@ class Listener:
             sock, sockaddr = self._queue.popleft()
             self._owner.return_connection(sock, self.listener_id, sockaddr)
         os.eventfd_write(self._wake, 1)  # wake accept() calls; the fd closes with the object
-        if self._on_close is not None:
-            self._on_close()
+        for on_close in list(self._on_close):
+            on_close()
 
     def __del__(self):
         if self._wake is not None:

@@ -3,18 +3,23 @@
 The primary hands connections over; each one becomes a uvicorn HTTP protocol instance
 (httptools, or h11 without it; websockets upgrade through uvicorn's websocket classes)
 via ``loop.connect_accepted_socket`` — the same factory ``uvicorn.Server.startup``
-builds for its own listening sockets. Lifespan startup/shutdown runs once per worker.
+builds for its own listening sockets. Lifespan startup/shutdown runs once per event
+loop: once per worker, or once per loop thread with ``--threads N``.
 """
 import asyncio
+import threading
+import time
 
 # Exit status of a worker whose ASGI lifespan startup failed (as uvicorn's STARTUP_FAILURE).
 LIFESPAN_FAILED = 3
+_BEAT_SECONDS = 0.5
 
 
 def run(app, listeners, options, on_stop):
     """Serve until on_stop fires; returns the worker's exit status.
 
-    options: log_level, access_log, kill_timeout, interface ("asgi3" | "asgi2"), slot."""
+    options: log_level, access_log, kill_timeout, interface ("asgi3" | "asgi2"), slot,
+    heartbeat, live_counts, threads (event loops in this worker, default 1)."""
     import uvicorn
     config = uvicorn.Config(
         app, lifespan="auto", interface=options.get("interface", "auto"),
@@ -22,45 +27,111 @@ def run(app, listeners, options, on_stop):
         proxy_headers=False, timeout_graceful_shutdown=options.get("kill_timeout"),
         loop="auto")
     config.load()
-    loop_factory = config.get_loop_factory()
-    runner = asyncio.Runner(loop_factory=loop_factory) if hasattr(asyncio, "Runner") else None
-    if runner is None:  # Python 3.10
-        if loop_factory is not None:
-            asyncio.set_event_loop(loop_factory())
-        else:
-            asyncio.set_event_loop(asyncio.new_event_loop())
-        return asyncio.get_event_loop().run_until_complete(_serve(config, listeners, options, on_stop))
-    with runner:
-        return runner.run(_serve(config, listeners, options, on_stop))
+    slot = options.get("slot")
+    if slot is not None and options.get("live_counts"):
+        config.loaded_app = _counting(config.loaded_app, slot)
+        slot = None  # counted per request; the beat need not publish
+    loops = _Loops(options.get("threads") or 1, options.get("heartbeat"), slot)
+    on_stop(loops.stop)
+    # More than one loop: each runs in its own thread with its own uvicorn server state
+    # and lifespan, and takes connections only while it is not blocked, so an app that
+    # blocks its loop (a sync call) holds up 1/N of the worker rather than all of it.
+    threads = [threading.Thread(target=loops.run, args=(index, config, listeners, options),
+                                name=f"pyclusterc-asgi-loop-{index}", daemon=True)
+               for index in range(1, loops.count)]
+    for thread in threads:
+        thread.start()
+    loops.run(0, config, listeners, options)
+    for thread in threads:
+        thread.join()
+    return LIFESPAN_FAILED if LIFESPAN_FAILED in loops.status else max(loops.status)
 
 
-async def _serve(config, listeners, options, on_stop):
+class _Loops:
+    """The worker's event loops as one server: a stop reaches all of them, one failed
+    lifespan stops the others, and the scoreboard sees the oldest loop's heartbeat
+    (a stuck loop is a stuck worker) and uvicorn's counts summed over the loops."""
+
+    def __init__(self, count, heartbeat, slot):
+        self.count = count
+        self.status = [0] * count
+        self._heartbeat = heartbeat
+        self._slot = slot
+        self._stamps = [time.monotonic_ns()] * count
+        self._states = []
+        self._stoppers = []
+        self._stopping = False
+        self._lock = threading.Lock()
+
+    def run(self, index, config, listeners, options):
+        loop_factory = config.get_loop_factory() or asyncio.new_event_loop
+        if not hasattr(asyncio, "Runner"):  # Python 3.10
+            loop = loop_factory()
+            try:
+                self.status[index] = loop.run_until_complete(_serve(config, listeners, options, self, index))
+            finally:
+                loop.close()
+            return
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            self.status[index] = runner.run(_serve(config, listeners, options, self, index))
+
+    def on_stop(self, callback):
+        with self._lock:
+            self._stoppers.append(callback)
+            stopping = self._stopping
+        if stopping:
+            callback()
+
+    def stop(self):
+        with self._lock:
+            self._stopping = True
+            stoppers = list(self._stoppers)
+        for callback in stoppers:
+            callback()
+
+    def add_state(self, server_state):
+        with self._lock:
+            self._states.append(server_state)
+
+    def beat(self, index):
+        self._stamps[index] = time.monotonic_ns()
+        if self._heartbeat is not None:
+            self._heartbeat(min(self._stamps))
+        if self._slot is not None:
+            states = list(self._states)
+            self._slot.publish(sum(state.total_requests for state in states),
+                               sum(len(state.tasks) for state in states))
+
+
+async def _serve(config, listeners, options, loops, index):
     import uvicorn
     server = uvicorn.Server(config)
     server.servers = []  # connections come from the primary, not from our own sockets
     server.lifespan = config.lifespan_class(config)
     await server.lifespan.startup()
     if server.lifespan.should_exit:
+        loops.stop()
         return LIFESPAN_FAILED
     server.started = True
+    loops.add_state(server.server_state)
     loop = asyncio.get_running_loop()
-    on_stop(lambda: loop.call_soon_threadsafe(setattr, server, "should_exit", True))
-    if options.get("slot") is not None:
-        config.loaded_app = _counting(config.loaded_app, options["slot"])
+    loops.on_stop(lambda: loop.call_soon_threadsafe(setattr, server, "should_exit", True))
 
     def create_protocol(_loop=None):
         return config.http_protocol_class(config=config, server_state=server.server_state,
                                           app_state=server.lifespan.state, _loop=_loop)
 
-    acceptors = [loop.create_task(_accept_loop(loop, listener, create_protocol)) for listener in listeners]
-    if options.get("heartbeat") is not None:
-        acceptors.append(loop.create_task(_beat(options["heartbeat"])))
+    # With several loops, one connection per channel read: a loop must not take a batch
+    # and then block on the first of it while the other loops are free.
+    batch = 1 if loops.count > 1 else None
+    tasks = [loop.create_task(_accept_loop(listener, create_protocol, batch)) for listener in listeners]
+    tasks.append(loop.create_task(_beat(loops, index)))
     try:
         await server.main_loop()
     finally:
-        for task in acceptors:
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*acceptors, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         for listener in listeners:
             listener.close()
     await _let_first_requests_in(server, min(1.0, options.get("kill_timeout") or 1.0))
@@ -68,12 +139,13 @@ async def _serve(config, listeners, options, on_stop):
     return 0
 
 
-async def _beat(beat):
+async def _beat(loops, index):
     """Stamp the scoreboard while the loop runs: an app that blocks the loop stops it,
-    and the primary replaces the worker after --timeout."""
+    and the primary replaces the worker after --timeout. Also publishes uvicorn's own
+    request counts: no per-request cost where no policy reads them live."""
     while True:
-        beat()
-        await asyncio.sleep(1.0)
+        loops.beat(index)
+        await asyncio.sleep(_BEAT_SECONDS)
 
 
 async def _let_first_requests_in(server, limit):
@@ -88,26 +160,27 @@ async def _let_first_requests_in(server, limit):
         await asyncio.sleep(0.01)
 
 
-async def _accept_loop(loop, listener, create_protocol):
-    # Listener.serve keeps its readers registered for the whole loop: no epoll_ctl and
-    # no extra task wake-up per connection (accept_async registers them per call).
+async def _accept_loop(listener, create_protocol, batch):
     while not listener.closed:
         try:
-            await listener.serve(create_protocol)
+            await listener.serve(create_protocol, batch)
         except (ValueError, OSError):
             if listener.closed:
                 return
-            # A client that went away before its protocol started: keep serving.
+            # A broken read off the channel: keep serving.
 
 
 def _counting(app, slot):
-    """Report in-flight HTTP requests to the scoreboard (the `least` policy reads it)."""
+    """Report in-flight HTTP requests to the scoreboard as they start and finish
+    (the `least` policy reads them live)."""
+    started, finished = slot.request_started, slot.request_finished
+
     async def counted(scope, receive, send):
         if scope["type"] != "http":
             return await app(scope, receive, send)
-        slot.request_started()
+        started()
         try:
             return await app(scope, receive, send)
         finally:
-            slot.request_finished()
+            finished()
     return counted
