@@ -3,8 +3,12 @@
 latency under a mixed load, and worker memory.
 
     python bench/bench_serve.py            # writes bench/results/serve.json + serve.png
-    python bench/bench_serve.py --quick    # 2 s runs, prints only
-    python bench/bench_serve.py --only mixed,memory
+    python bench/bench_serve.py --quick    # 2 s runs, one round, prints only
+    python bench/bench_serve.py --only mixed,memory --rounds 5
+
+Each of hello and mixed runs in rounds (default 3): every server once per round, in a new
+shuffled order. Figures are medians over the rounds; the targets are ratios ours/peer
+taken within each round, then their median (the machine is small and noisy).
 
 Same load for everyone: 2 workers, `wrk -t1 -c64`, keep-alive and `Connection: close`,
 on the same (small, shared) machine; servers run one at a time, in a shuffled order.
@@ -216,44 +220,124 @@ def measure_memory(name):
                 "primary_uss_mib": round(primary.memory_full_info().uss / 2**20, 1)}
 
 
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
+# (part, ours, peer, metric): the issue's targets, as per-round ratios ours/peer.
+RATIOS = [
+    ("asgi", "pyclusterc", "uvicorn", "keepalive"),
+    ("asgi", "pyclusterc", "uvicorn", "close"),
+    ("wsgi", "pyclusterc", "gunicorn gthread", "keepalive"),
+    ("wsgi", "pyclusterc", "granian", "keepalive"),
+    ("mixed", "pyclusterc asgi --sched least", "uvicorn", "fast_p99_ms"),
+    ("mixed", "pyclusterc asgi --sched least --threads 4", "uvicorn", "fast_p99_ms"),
+    ("mixed", "pyclusterc wsgi (8 threads)", "gunicorn gthread (8 threads)", "fast_p99_ms"),
+]
+
+
+def value(result, metric):
+    if result is None or "error" in result:
+        return None
+    return result[metric]["rps"] if metric in ("keepalive", "close") else result[metric]
+
+
+def run_rounds(names, measure_one, rounds):
+    """Each round runs every server once, in a new shuffled order: a server's rounds are
+    spread over the whole run, so a noisy minute hits everyone alike."""
+    per_round = []
+    for round_index in range(rounds):
+        order = list(names)
+        random.shuffle(order)
+        got = {}
+        for name in order:
+            print(f"round {round_index + 1}/{rounds}: {name} ...", file=sys.stderr, flush=True)
+            try:
+                got[name] = measure_one(name)
+            except Exception as e:  # noqa: BLE001 - one broken peer must not lose the others
+                got[name] = {"error": str(e)}
+        per_round.append(got)
+    return per_round
+
+
+def summarise(per_round, name):
+    """The median of each figure over the rounds, with the rounds kept."""
+    runs = [r[name] for r in per_round]
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+
+    def med(rs):
+        summary = {}
+        for key in rs[0]:
+            values = [r[key] for r in rs]
+            if all(v is None or isinstance(v, (int, float)) for v in values):
+                middle = median(values)
+                summary[key] = None if middle is None else round(middle, 2)
+            else:  # text (socket errors): the first round's
+                summary[key] = values[0]
+        return summary
+    if "keepalive" in ok[0]:
+        summary = {"keepalive": med([r["keepalive"] for r in ok]), "close": med([r["close"] for r in ok])}
+    else:
+        summary = med(ok)
+    summary["rounds"] = runs
+    return summary
+
+
+def ratios(rounds_by_part):
+    out = {}
+    for part, ours, peer, metric in RATIOS:
+        per_round = [value(r.get(ours), metric) / value(r.get(peer), metric)
+                     for r in rounds_by_part.get(part, [])
+                     if value(r.get(ours), metric) and value(r.get(peer), metric)]
+        if per_round:
+            label = f"{part} {metric}: {ours} / {peer}"
+            out[label] = {"per_round": [round(x, 3) for x in per_round], "median": round(median(per_round), 3)}
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="2 s runs, one round, prints only")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of every server for hello and mixed (default 3)")
     parser.add_argument("--only", default="hello,mixed,memory", help="comma-separated: hello, mixed, memory")
     args = parser.parse_args()
     parts = set(args.only.split(","))
     if shutil.which("wrk") is None:
         sys.exit("bench_serve: wrk is not installed (apt-get install wrk)")
     seconds = 2 if args.quick else 5
+    rounds = 1 if args.quick else max(1, args.rounds)
     path = os.path.join(ROOT, "bench", "results", "serve.json")
     record = {}
     if os.path.exists(path):
         with open(path) as f:
             record = json.load(f)
     results = record.get("results", {})
+    rounds_by_part = {}
     if "hello" in parts:
-        order = list(servers(0))
-        random.shuffle(order)
+        table = servers(0)
+        per_round = run_rounds(list(table), lambda key: measure(*key, seconds), rounds)
         for kind in ("asgi", "wsgi"):
-            results[kind] = {}
-        for kind, name in order:
-            print(f"{kind} {name} ...", file=sys.stderr, flush=True)
-            try:
-                results[kind][name] = measure(kind, name, seconds)
-            except Exception as e:  # noqa: BLE001 - one broken peer must not lose the others
-                results[kind][name] = {"error": str(e)}
+            results[kind] = {name: summarise(per_round, (k, name)) for k, name in table if k == kind}
+            rounds_by_part[kind] = [{name: r[(k, name)] for k, name in table if k == kind} for r in per_round]
     if "mixed" in parts:
-        results["mixed"] = {}
-        order = list(mixed_servers(0))
-        random.shuffle(order)
-        for name in order:
-            print(f"mixed {name} ...", file=sys.stderr, flush=True)
-            results["mixed"][name] = measure_mixed(name, seconds)
+        per_round = run_rounds(list(mixed_servers(0)), lambda name: measure_mixed(name, seconds), rounds)
+        results["mixed"] = {name: summarise(per_round, name) for name in mixed_servers(0)}
+        rounds_by_part["mixed"] = per_round
     if "memory" in parts:
         results["memory"] = {}
         for name in memory_servers(0):
             print(f"memory {name} ...", file=sys.stderr, flush=True)
             results["memory"][name] = measure_memory(name)
+    if rounds_by_part:
+        kept = {label: r for label, r in results.get("ratios", {}).items()
+                if label.split(" ", 1)[0] not in rounds_by_part}
+        results["ratios"] = {**kept, **ratios(rounds_by_part)}
     lines = tables(results)
     print("\n".join(lines))
     if not args.quick:
@@ -261,8 +345,9 @@ def main():
                        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                    "platform": platform.platform()},
                        "load": "wrk -t1 -c64, 2 workers each, hello world; mixed: 4 clients, new "
-                               "connection per request, 10% block 20 ms; memory: Flask, 2 workers, USS",
-                       "seconds": seconds, "results": results, "table": lines})
+                               "connection per request, 10% block 20 ms; memory: Flask, 2 workers, USS; "
+                               f"hello and mixed: {rounds} rounds, medians, ratios per round",
+                       "seconds": seconds, "rounds": rounds, "results": results, "table": lines})
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             json.dump(record, f, indent=2)
@@ -283,6 +368,10 @@ def tables(results):
         lines += ["", "| mixed load | fast p50 ms | fast p99 ms | req/s | errors |", "|---|---:|---:|---:|---:|"]
         for name, r in results["mixed"].items():
             lines.append(f"| {name} | {r['fast_p50_ms']} | {r['fast_p99_ms']} | {r['rps']:,} | {r['errors']} |")
+    if results.get("ratios"):
+        lines += ["", "| ratio (ours / peer, per round) | per round | median |", "|---|---|---:|"]
+        for label, r in results["ratios"].items():
+            lines.append(f"| {label} | {', '.join(f'{x:.2f}' for x in r['per_round'])} | {r['median']:.2f} |")
     if results.get("memory"):
         lines += ["", "| Flask, 2 workers | USS per worker MiB | primary USS MiB |", "|---|---:|---:|"]
         for name, r in results["memory"].items():
