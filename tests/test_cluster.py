@@ -214,7 +214,7 @@ def test_bad_policy_and_address_in_the_primary():
 
 
 TWO_LISTENERS_SCRIPT = textwrap.dedent("""
-    import asyncio, json, sys, threading
+    import asyncio, json, os, sys, threading
     from pyclusterc import cluster
     served_port, accepted_port = int(sys.argv[1]), int(sys.argv[2])
     if cluster.is_primary:
@@ -233,8 +233,8 @@ TWO_LISTENERS_SCRIPT = textwrap.dedent("""
         def accept_loop():
             for conn, peer in accepted:
                 with conn:
-                    conn.setblocking(True)
-                    conn.sendall(json.dumps(peer).encode())
+                    blocking = [conn.getblocking(), os.get_blocking(conn.fileno())]
+                    conn.sendall(json.dumps([peer, blocking]).encode())
         threading.Thread(target=accept_loop, daemon=True).start()
         class Hello(asyncio.Protocol):
             def connection_made(self, transport):
@@ -284,4 +284,6 @@ def test_serve_batches_and_accept_peers_across_two_listeners(tmp_path):
                     if port == served_port:
                         assert answer == b"served"
                     else:
-                        assert tuple(json.loads(answer)) == s.getsockname()
+                        peer, blocking = json.loads(answer)
+                        assert tuple(peer) == s.getsockname()
+                        assert blocking == [True, True]  # accept() returns a blocking socket, as socket.accept()

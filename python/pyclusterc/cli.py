@@ -1211,6 +1211,9 @@ def run_command(args):
         gc.collect()
         # Import the server module too, so its pages are shared like the app's.
         importlib.import_module("pyclusterc.serve_asgi" if preloaded[1] == "asgi" else "pyclusterc.serve_wsgi")
+        # And the idna codec: werkzeug's first request (and getaddrinfo on a name) would
+        # import it in every worker, ~0.8 MiB of private pages each.
+        importlib.import_module("encodings.idna")
         gc.freeze()  # keep the imported objects' pages shared after fork
         settings["interface"] = preloaded[1]
     explicit = args.bind is not None or "bind" in settings_file.load_file(".")[0]

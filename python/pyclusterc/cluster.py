@@ -785,6 +785,7 @@ class Listener:
         while True:
             got = self._poll()
             if got is not None:
+                got[0].setblocking(True)  # as socket.accept() returns it; the primary's is non-blocking
                 return got[0], _decode_peer(got[1])
             left = None if deadline is None else max(0.0, deadline - _monotonic())
             if left == 0.0:
@@ -813,6 +814,7 @@ class Listener:
             while True:
                 got = self._poll()
                 if got is not None:
+                    got[0].setblocking(False)  # the flag is already off; the object learns it
                     return got[0], _decode_peer(got[1])
                 wake.clear()
                 await wake.wait()

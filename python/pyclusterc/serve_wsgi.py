@@ -17,7 +17,6 @@ import tempfile
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from urllib.parse import unquote_to_bytes
 
@@ -206,7 +205,7 @@ class WSGIServer:
 
     # -- the acceptor (main thread) ---------------------------------------------
     def serve(self):
-        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="pyclusterc-wsgi")
+        pool = _Pool(self)
         sel = selectors.DefaultSelector()
         idle = {}
         sel.register(self.wake_r, selectors.EVENT_READ, None)
@@ -216,7 +215,8 @@ class WSGIServer:
         def start(conn):
             with self.lock:
                 self.inflight += 1
-            pool.submit(self._handle, conn)
+                busy = self.inflight
+            pool.submit(conn, busy)
 
         beat = _Progress(self)
         try:
@@ -263,7 +263,7 @@ class WSGIServer:
                     sel.unregister(conn.sock)
                     conn.close()
         finally:
-            pool.shutdown(wait=True)
+            pool.shutdown()
             sel.close()
             os.close(self.wake_r)
             os.close(self.wake_w)
@@ -418,6 +418,43 @@ class WSGIServer:
             print(f'{environ["REMOTE_ADDR"]} - "{environ["REQUEST_METHOD"]} {environ["PATH_INFO"]} '
                   f'{environ["SERVER_PROTOCOL"]}" {response.status_code}', flush=True)
         return response.keep_alive
+
+
+class _Pool:
+    """The request threads, started only as concurrency needs them: a new one when more
+    connections are in flight than threads exist. ThreadPoolExecutor starts one whenever
+    no thread is idle at that instant, so a sequential client racing a thread's return
+    to the pool grew it anyway; each thread costs a stack, a thread state and a malloc
+    arena of private pages."""
+
+    def __init__(self, server):
+        self.server = server
+        self.jobs = queue.SimpleQueue()
+        self.workers = []
+
+    def submit(self, conn, busy):
+        """busy: connections in flight, this one included."""
+        self.jobs.put(conn)
+        if busy > len(self.workers) and len(self.workers) < self.server.threads:
+            thread = threading.Thread(target=self._run, daemon=True,
+                                      name=f"pyclusterc-wsgi_{len(self.workers)}")
+            self.workers.append(thread)
+            thread.start()
+
+    def _run(self):
+        handle = self.server._handle
+        while (conn := self.jobs.get()) is not None:
+            try:
+                handle(conn)
+            except BaseException:  # noqa: BLE001 - e.g. the app's sys.exit(): serve on
+                traceback.print_exc()
+
+    def shutdown(self):
+        """Wait for the threads to finish what was submitted."""
+        for _ in self.workers:
+            self.jobs.put(None)
+        for thread in self.workers:
+            thread.join()
 
 
 class _Progress:
