@@ -18,7 +18,6 @@ else:
     body = f"hello from worker {cluster.worker.id}\n".encode()
     for conn, _ in listener:
         with conn:
-            conn.setblocking(True)
             conn.recv(65536)
             conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
                          % (len(body), body))

@@ -30,7 +30,6 @@ else:
     hits = shared["hits"]
     for conn, _ in listener:
         with conn:
-            conn.setblocking(True)
             conn.recv(65536)
             n = hits.add(0, 1) + 1
             body = f"hit {n} (worker {cluster.worker.id})\n".encode()

@@ -35,7 +35,6 @@ def serve_worker():
     body = str(cluster.worker.id).encode()
     for conn, _ in listener:
         with conn:
-            conn.setblocking(True)
             data = b""
             while b"\r\n\r\n" not in data:
                 chunk = conn.recv(4096)
