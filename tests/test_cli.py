@@ -56,6 +56,7 @@ def test_console_script_is_installed():
     (["plain_wsgi:app", "-b", "fd://abc"], "fd:// takes a file descriptor number"),
     (["plain_wsgi:app", "-b", "fd://987"], "fd 987 is not an open socket"),
     (["echo_script.py", "--threads", "4"], "conflicting options"),
+    (["hello_asgi:app", "--forwarded-allow-ips", "10.0.0.1,nope"], "invalid forwarded-allow-ips entry 'nope'"),
     (["echo_script.py", "--preload"], "conflicting options"),
     (["plain_wsgi:app", "--interface", "script"], "conflicting options"),
     (["plain_wsgi:app", "--sched", "fastest"], "invalid choice"),

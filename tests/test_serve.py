@@ -376,3 +376,18 @@ def test_systemd_socket_activation():
         out, _ = proc.communicate(timeout=10)
     assert f"listening on http://127.0.0.1:{port}".encode() in out
     assert b"127.0.0.1:8000" not in out  # the default bind is not added
+
+
+def test_asgi_trusts_forwarded_headers_from_allowed_ips_only():
+    """As uvicorn: X-Forwarded-For/-Proto from 127.0.0.1 are trusted by default;
+    --forwarded-allow-ips narrows it."""
+    headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https", "Connection": "close"}
+    for extra, expected in (((), b"203.0.113.7 https"), (("--forwarded-allow-ips", "10.0.0.1"), b"127.0.0.1 http")):
+        port = free_port()
+        with start("client_asgi:app", port, *extra):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                conn.request("GET", "/", headers=headers)
+                assert conn.getresponse().read() == expected
+            finally:
+                conn.close()

@@ -92,6 +92,9 @@ def build_parser():
     run.add_argument("--env", action="append", metavar="K=V", help="set an environment variable; repeatable")
     run.add_argument("--log-level", choices=_LOG_LEVELS, help="default info")
     run.add_argument("--access-log", action="store_true", default=None, help="log every request")
+    run.add_argument("--forwarded-allow-ips", metavar="IPS",
+                     help="ASGI: trust X-Forwarded-For/-Proto from these comma-separated IPs or "
+                          "networks, '*' for any (default $FORWARDED_ALLOW_IPS or 127.0.0.1, as uvicorn)")
     run.add_argument("--kill-timeout", type=_seconds, metavar="SECONDS",
                      help="on stop, how long in-flight requests may take before workers are "
                           "killed (default 1.6, PM2's; '1600ms' also works)")
@@ -170,6 +173,18 @@ def _seconds(text):
     return value
 
 
+def _check_networks(text):
+    import ipaddress
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            if item != "*":
+                ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(f"invalid forwarded-allow-ips entry {item!r}; use IPs or networks "
+                              "(10.0.0.0/8), comma-separated, or '*'") from None
+
+
 def resolve_settings(args, directory="."):
     """DEFAULTS < config file < flags, checked. Raises UsageError/ConfigError."""
     from_file, _ = settings_file.load_file(directory)
@@ -188,6 +203,8 @@ def resolve_settings(args, directory="."):
         if merged[key] not in choices:
             raise ConfigError(f"invalid {key.replace('_', '-')} {merged[key]!r}; use one of {', '.join(choices)}")
     merged["instances"] = settings_file.resolve_instances(merged["instances"])
+    if merged["forwarded_allow_ips"] is not None:
+        _check_networks(merged["forwarded_allow_ips"])
     if isinstance(merged["max_memory_restart"], str):
         try:
             merged["max_memory_restart"] = _memory(merged["max_memory_restart"])
@@ -532,7 +549,8 @@ def worker_main(settings, app=None, interface=None, close_fds=()):
     slot = getattr(cluster.worker, "_slot", None)
     options = {"log_level": settings["log_level"], "access_log": settings["access_log"],
                "kill_timeout": settings["kill_timeout"], "threads": settings["threads"],
-               "slot": slot, "heartbeat": _heartbeat(slot), "live_counts": settings["sched"] == "least"}
+               "slot": slot, "heartbeat": _heartbeat(slot), "live_counts": settings["sched"] == "least",
+               "forwarded_allow_ips": settings["forwarded_allow_ips"]}
     if interface == "asgi":
         from . import serve_asgi
         code = serve_asgi.run(app, listeners, options, on_stop)

@@ -24,7 +24,8 @@ def run(app, listeners, options, on_stop):
     config = uvicorn.Config(
         app, lifespan="auto", interface=options.get("interface", "auto"),
         log_level=options.get("log_level", "info"), access_log=options.get("access_log", False),
-        proxy_headers=False, timeout_graceful_shutdown=options.get("kill_timeout"),
+        proxy_headers=True, forwarded_allow_ips=options.get("forwarded_allow_ips"),
+        timeout_graceful_shutdown=options.get("kill_timeout"),
         loop="auto")
     config.load()
     slot = options.get("slot")
