@@ -5,6 +5,7 @@
 import asyncio
 import contextlib
 import os
+import threading
 
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -16,8 +17,8 @@ async def lifespan(app):
     app.state.started = True
     yield
     marker = os.environ.get("LIFESPAN_MARKER_DIR")
-    if marker:  # the tests check that shutdown ran in every worker
-        with open(os.path.join(marker, f"shutdown-{os.getpid()}"), "w") as f:
+    if marker:  # the tests check that shutdown ran in every worker (in every loop: --threads)
+        with open(os.path.join(marker, f"shutdown-{os.getpid()}-{threading.get_native_id()}"), "w") as f:
             f.write("done")
 
 

@@ -160,12 +160,15 @@ def test_streaming_response(served):
     assert {k.lower(): v for k, v in headers.items()}.get("transfer-encoding") == "chunked"
 
 
-def test_websocket_echo_and_lifespan():
+@pytest.mark.parametrize("loops", [1, 2])
+def test_websocket_echo_and_lifespan(loops):
+    """With --threads N each of a worker's N event loops runs the lifespan."""
     from websockets.sync.client import connect
     port = free_port()
     marker = os.path.join("/tmp", f"pyclusterc-lifespan-{os.getpid()}-{port}")
     os.makedirs(marker, exist_ok=True)
-    with start("starlette_app:app", port, "--kill-timeout", "5", env={"LIFESPAN_MARKER_DIR": marker}) as cli:
+    with start("starlette_app:app", port, "--kill-timeout", "5", "--threads", loops,
+               env={"LIFESPAN_MARKER_DIR": marker}) as cli:
         with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:
             for text in ("hello", "world", "x" * 10000):
                 ws.send(text)
@@ -177,8 +180,9 @@ def test_websocket_echo_and_lifespan():
             pids.add(info["pid"])
         cli.proc.send_signal(signal.SIGTERM)
         assert cli.finish() == 0
-        for pid in pids:  # lifespan shutdown ran in every worker
-            assert os.path.exists(os.path.join(marker, f"shutdown-{pid}")), (pids, os.listdir(marker))
+        for pid in pids:  # lifespan shutdown ran in every worker, once per loop
+            ran = [name for name in os.listdir(marker) if name.startswith(f"shutdown-{pid}-")]
+            assert len(ran) == loops, (pids, os.listdir(marker))
     for name in os.listdir(marker):
         os.unlink(os.path.join(marker, name))
     os.rmdir(marker)
