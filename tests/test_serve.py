@@ -395,3 +395,16 @@ def test_asgi_trusts_forwarded_headers_from_allowed_ips_only():
                 assert conn.getresponse().read() == expected
             finally:
                 conn.close()
+
+
+@pytest.mark.parametrize("sched", ["least", "sticky", "none", "reuseport"])
+@pytest.mark.parametrize("target", ["hello_asgi:app", "plain_wsgi:app"])
+def test_every_policy_serves_and_stops(target, sched):
+    """Under none/reuseport the workers accept themselves (ASGI: the loop's own server)."""
+    port = free_port()
+    with start(target, port, "--sched", sched) as cli:
+        for _ in range(20):
+            assert get(port)[0] == 200
+        cli.proc.send_signal(signal.SIGTERM)
+        assert cli.finish() == 0
+        assert cli.group_alive() == []

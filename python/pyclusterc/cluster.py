@@ -181,10 +181,11 @@ class ScoreSlot:
         lib.pc_sub_u32(self.u32._ptr, _U32_INFLIGHT, 1)
         lib.pc_add_u64(self.u64._ptr, _U64_REQUESTS, 1)
 
-    def publish(self, requests, inflight):
+    def publish(self, requests, inflight, connections):
         """Totals a server keeps itself, published now and then instead of per request."""
         self.u64.store(_U64_REQUESTS, requests)
         self.u32.store(_U32_INFLIGHT, inflight)
+        self.u32.store(_U32_CONNECTIONS, connections)
 
     def clear(self):
         for i in range(len(self.u64)):
@@ -829,9 +830,22 @@ class Listener:
         serve one listener at once; each takes connections only while it runs."""
         loop = asyncio.get_running_loop()
         if self._sock is not None:
-            while not self.closed:
-                conn, _ = await self.accept_async()
-                await loop.connect_accepted_socket(protocol_factory, conn)
+            # The worker accepts itself (none/reuseport): the loop's own server does it in
+            # C under uvloop. Its connections are not tracked one by one; servers that
+            # serve() publish their own counts (pyclusterc run's ASGI beat does). The
+            # server gets a dup of the socket, which it closes: several loops may serve.
+            stopped = loop.create_future()
+
+            def on_close():
+                loop.call_soon_threadsafe(lambda: stopped.done() or stopped.set_result(None))
+            self._on_close.add(on_close)
+            server = await loop.create_server(protocol_factory, sock=self._sock.dup())
+            try:
+                if not self.closed:
+                    await stopped
+            finally:
+                self._on_close.discard(on_close)
+                server.close()
             return
         # A reader callback, not a task that awaits each connection: one batch read off
         # the channel (one recvmmsg, one scoreboard update) starts every connection in
@@ -876,6 +890,8 @@ class Listener:
             return
         self.closed = True
         if self._sock is not None:
+            for on_close in list(self._on_close):
+                on_close()
             self._sock.close()
             return
         self._owner.unlisten(self)

@@ -101,7 +101,8 @@ class _Loops:
         if self._slot is not None:
             states = list(self._states)
             self._slot.publish(sum(state.total_requests for state in states),
-                               sum(len(state.tasks) for state in states))
+                               sum(len(state.tasks) for state in states),
+                               sum(len(state.connections) for state in states))
 
 
 async def _serve(config, listeners, options, loops, index):
