@@ -318,21 +318,12 @@ def bind_all(binds):
 
 
 def _adopt(sock):
-    """Register an inherited listening socket (fd://, systemd) as a cluster server.
-
-    cluster.py has no public call for this yet; this mirrors _Primary.server_for."""
+    """Register an inherited listening socket (fd://, systemd) as a cluster server."""
     from . import cluster
-    from ._core import lib
-    state = cluster._state
     family = sock.family
     name = sock.getsockname()
     sockaddr = name if family == socket.AF_UNIX else tuple(name[:2])
-    server = cluster._Server(state.next_listener, sock, sockaddr)
-    state.next_listener += 1
-    state.servers[(family, sockaddr)] = server
-    if state.policy in cluster._PRIMARY_ACCEPTS:
-        cluster.check_rc(lib.pc_dispatch_add_listener(state.ensure_dispatch(), server.id, sock.fileno()),
-                         f"listener {cluster.format_address(sockaddr)}")
+    cluster._state.add_server((family, sockaddr), sock, sockaddr)
     return family, sockaddr
 
 

@@ -458,12 +458,18 @@ class _Primary(EventEmitter):
                     return existing
             reuseport = self.policy == "reuseport"
             sock = bind_listener(family, sockaddr, backlog, reuseport=reuseport, listen=not reuseport)
-            server = _Server(self.next_listener, sock, sock.getsockname())
-            self.next_listener += 1
-            self.servers[key] = server
-            if self.policy in _PRIMARY_ACCEPTS:
-                check_rc(lib.pc_dispatch_add_listener(self.ensure_dispatch(), server.id, sock.fileno()),
-                         f"listener {format_address(server.address)}")
+            server = self.add_server(key, sock, sock.getsockname())
+        return server
+
+    def add_server(self, key, sock, address):
+        """Register a listening socket (bound here, inherited, or from systemd) under
+        key = (family, sockaddr), the address workers will ask to listen on."""
+        server = _Server(self.next_listener, sock, address)
+        self.next_listener += 1
+        self.servers[key] = server
+        if self.policy in _PRIMARY_ACCEPTS:
+            check_rc(lib.pc_dispatch_add_listener(self.ensure_dispatch(), server.id, sock.fileno()),
+                     f"listener {format_address(address)}")
         return server
 
     def handle_listen(self, worker, request):
