@@ -307,6 +307,23 @@ def test_max_restarts_and_backoff(runtime_dir):
     assert time.monotonic() - t0 < 40
 
 
+def test_a_reload_serves_the_new_code_without_preload(runtime_dir, tmp_path):
+    """Workers are forked from the primary but import the app after the fork."""
+    app = tmp_path / "versioned_app.py"
+    source = ("def app(environ, start_response):\n"
+              "    start_response('200 OK', [('Content-Length', '2')])\n    return [b'{}']\n")
+    app.write_text(source.format("v1"))
+    port = free_port()
+    with Cli("run", "versioned_app:app", "-i", 2, "-b", f"127.0.0.1:{port}", "--app-dir", str(tmp_path),
+             "--name", "t", env={"XDG_RUNTIME_DIR": runtime_dir}) as cli:
+        cli.wait_line("ready, 2 workers")
+        assert get(port)[2] == b"v1"
+        app.write_text(source.format("v2") + "# a different size, so no stale bytecode\n")
+        code, out, err = ctl(runtime_dir, "reload", "t")
+        assert code == 0, err
+        assert {get(port)[2] for _ in range(6)} == {b"v2"}
+
+
 def test_a_reload_to_a_broken_app_keeps_the_old_workers(runtime_dir, tmp_path):
     app = tmp_path / "flaky_app.py"
     app.write_text("import os\n\ndef app(environ, start_response):\n"

@@ -911,8 +911,11 @@ class Primary:
         self.fork_env = {_ENV_SETTINGS: json.dumps(self.settings)}
         self.timers = Timers(cluster._state.watch)
         self.start_control()
-        if self.preloaded is not None:
-            app, interface = self.preloaded
+        if self.settings["interface"] != "script":
+            # Workers are forked from the primary, as gunicorn's: they share its pages
+            # (the interpreter, pyclusterc, its dependencies). Without --preload each one
+            # imports the app after the fork, so a reload picks up new code.
+            app, interface = self.preloaded or (None, None)
             primary_fds = self.primary_only_fds()
             cluster.setup_primary(fork=True, target=lambda: worker_main(self.settings, app, interface,
                                                                        close_fds=primary_fds))
