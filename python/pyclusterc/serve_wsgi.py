@@ -273,10 +273,9 @@ class WSGIServer:
         conns = []
         while len(conns) < 64:
             try:
-                sock, peer = listener.accept(timeout=0)
+                sock, peer = listener.accept(timeout=0)  # blocking sockets, as socket.accept()
             except (TimeoutError, BlockingIOError, InterruptedError, ValueError, OSError):
                 break
-            sock.setblocking(True)
             conns.append(_Connection(sock, peer, self.limits))
         return conns
 
