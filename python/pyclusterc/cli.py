@@ -87,7 +87,8 @@ def build_parser():
                      help="threads per worker: WSGI request threads (default 8); ASGI event "
                           "loops, each with its own lifespan (default 1)")
     run.add_argument("--preload", action="store_true", default=None,
-                     help="import the app in the primary, gc.freeze(), then fork the workers")
+                     help="import the app once in the primary (then gc.freeze()) before forking the "
+                          "workers; without it each worker imports the app after the fork")
     run.add_argument("--name", help="a name for this cluster (used by the control commands)")
     run.add_argument("--env", action="append", metavar="K=V", help="set an environment variable; repeatable")
     run.add_argument("--log-level", choices=_LOG_LEVELS, help="default info")
