@@ -2,6 +2,8 @@
 on both backends. Every worker a test starts is terminated when the test ends."""
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -189,6 +191,46 @@ def test_terminate_busy_python_returns_1(start, backend):
     t = time.monotonic()
     assert w.terminate() == 1 and w.exit_code == 1
     assert time.monotonic() - t < 5
+
+
+FINALIZING_WORKER = """
+import threading, time
+from pyclusterc import Worker
+
+class SlowFinalizer:
+    def __del__(self):
+        for _ in range(100):  # most of the worker's time is spent here
+            pass
+
+def busy_in_finalizers():
+    from pyclusterc.workers import parent_port
+    parent_port.post_message("busy")
+    while True:
+        SlowFinalizer()
+
+if __name__ == "__main__":
+    for attempt in range(3):
+        w = Worker(busy_in_finalizers, backend="thread", name=f"finalizing-worker-{attempt}")
+        assert w.receive(10) == "busy"
+        code = w.terminate()
+        deadline = time.monotonic() + 10
+        while any(t.name == w.name for t in threading.enumerate()):
+            if time.monotonic() > deadline:
+                print(code, "still running", flush=True)
+                raise SystemExit(1)
+            time.sleep(0.05)
+        print(code, "stopped", flush=True)
+"""
+
+
+def test_terminate_stops_a_thread_busy_in_finalizers(tmp_path):
+    """An exception raised into a thread while it runs a __del__ is lost ("Exception
+    ignored"): terminate() keeps raising until the worker's thread has stopped. In its
+    own process: the lost exceptions go through sys.unraisablehook, pytest's here."""
+    script = tmp_path / "finalizing.py"
+    script.write_text(FINALIZING_WORKER)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split("\n")[:3] == ["1 stopped"] * 3, (out.stdout, out.stderr[-2000:])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -662,7 +662,7 @@ class Worker(_Port):
             finally:
                 # terminate() may have just raised _Terminated in this thread: stop it from
                 # raising more, drop one still pending, and absorb one that lands here, so
-                # the cleanup below always runs and nothing escapes the thread.
+                # the cleanup below always runs (one already in flight ends in run()).
                 while True:
                     try:
                         with self._terminate_lock:
@@ -674,11 +674,17 @@ class Worker(_Port):
                 self._reported_code = code
                 child_ep.shutdown()
                 child_ep.close()
+
+        def run():
+            try:
+                body()
+            except _Terminated:  # raised before the cleanup stopped them; nothing left to do
+                pass
         self._terminate_lock = threading.Lock()
         self._terminable = True
         parent_ep = self._endpoint
         parent_ep.spin_ns = child_ep.spin_ns = 0
-        self._thread = threading.Thread(target=body, daemon=True, name=self.name)
+        self._thread = threading.Thread(target=run, daemon=True, name=self.name)
         self._thread.start()
         self._child_ep = child_ep
 
@@ -749,12 +755,24 @@ class Worker(_Port):
                 except ProcessLookupError:
                     pass
             else:
-                with self._terminate_lock:
-                    if self._terminable:
-                        self._terminable = False     # raised once: a second one could escape
-                        _raise_in_thread(self._thread, _Terminated)
+                self._keep_terminating()
                 self._child_ep.shutdown()
         return self.join()
+
+    def _keep_terminating(self):
+        """Raise _Terminated in the thread, and again every 50 ms (from a helper thread)
+        until its body's cleanup has begun: one that lands in a __del__ is lost."""
+        def raise_once():
+            with self._terminate_lock:
+                if self._terminable:
+                    _raise_in_thread(self._thread, _Terminated)
+                return self._terminable
+
+        def keep_raising():
+            while raise_once():
+                time.sleep(0.05)
+        if raise_once():
+            threading.Thread(target=keep_raising, daemon=True, name=f"{self.name}-terminate").start()
 
     def post_message(self, message, transfer=()):
         if not self._ended:
