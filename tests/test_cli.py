@@ -61,6 +61,7 @@ def test_console_script_is_installed():
     (["plain_wsgi:app", "--interface", "script"], "conflicting options"),
     (["plain_wsgi:app", "--sched", "fastest"], "invalid choice"),
     (["plain_wsgi:app", "--kill-timeout", "soon"], "expected seconds"),
+    (["plain_wsgi:app", "--keep-alive", "-1"], "expected 0 to 86400 seconds"),
     (["plain_wsgi:app", "--env", "NOEQUALS"], "invalid --env"),
     ([], "missing TARGET"),
 ])

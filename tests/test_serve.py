@@ -408,3 +408,21 @@ def test_every_policy_serves_and_stops(target, sched):
         cli.proc.send_signal(signal.SIGTERM)
         assert cli.finish() == 0
         assert cli.group_alive() == []
+
+
+@pytest.mark.parametrize("target", ["hello_asgi:app", "plain_wsgi:app"])
+def test_keep_alive_closes_idle_connections(target):
+    """--keep-alive SECONDS: an idle keep-alive connection is closed by the server."""
+    port = free_port()
+    with start(target, port, "--keep-alive", "0.5"):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200 and not response.will_close
+            started = time.monotonic()
+            assert conn.sock.recv(1) == b""  # closed by the server, not by the 10 s timeout
+            assert time.monotonic() - started < 3
+        finally:
+            conn.close()

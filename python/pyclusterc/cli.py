@@ -96,6 +96,8 @@ def build_parser():
     run.add_argument("--forwarded-allow-ips", metavar="IPS",
                      help="ASGI: trust X-Forwarded-For/-Proto from these comma-separated IPs or "
                           "networks, '*' for any (default $FORWARDED_ALLOW_IPS or 127.0.0.1, as uvicorn)")
+    run.add_argument("--keep-alive", type=_seconds, metavar="SECONDS",
+                     help="close a keep-alive connection idle this long (default 5, uvicorn's)")
     run.add_argument("--kill-timeout", type=_seconds, metavar="SECONDS",
                      help="on stop, how long in-flight requests may take before workers are "
                           "killed (default 1.6, PM2's; '1600ms' also works)")
@@ -211,7 +213,7 @@ def resolve_settings(args, directory="."):
             merged["max_memory_restart"] = _memory(merged["max_memory_restart"])
         except argparse.ArgumentTypeError as e:
             raise ConfigError(f"invalid max-memory-restart: {e}") from None
-    for key in ("listen_timeout", "min_uptime", "timeout", "kill_timeout"):
+    for key in ("listen_timeout", "min_uptime", "timeout", "kill_timeout", "keep_alive"):
         if merged[key] < 0:
             raise ConfigError(f"invalid {key.replace('_', '-')} {merged[key]!r}: expected seconds >= 0")
     if merged["name"] is not None:
@@ -542,7 +544,8 @@ def worker_main(settings, app=None, interface=None, close_fds=()):
     options = {"log_level": settings["log_level"], "access_log": settings["access_log"],
                "kill_timeout": settings["kill_timeout"], "threads": settings["threads"],
                "slot": slot, "heartbeat": _heartbeat(slot), "live_counts": settings["sched"] == "least",
-               "forwarded_allow_ips": settings["forwarded_allow_ips"]}
+               "forwarded_allow_ips": settings["forwarded_allow_ips"], "keep_alive": settings["keep_alive"],
+               "limits": {"keepalive_timeout": settings["keep_alive"]}}
     if interface == "asgi":
         from . import serve_asgi
         code = serve_asgi.run(app, listeners, options, on_stop)

@@ -15,6 +15,7 @@ DEFAULTS = {
     "log_level": "info",
     "access_log": False,
     "kill_timeout": 1.6,     # PM2's default, in seconds
+    "keep_alive": 5.0,       # idle keep-alive connections close after this (uvicorn's default)
     "app_dir": None,
     "forwarded_allow_ips": None,  # ASGI: uvicorn's default ($FORWARDED_ALLOW_IPS or 127.0.0.1)
     # Process management, PM2's names and defaults (durations in seconds).
@@ -32,7 +33,8 @@ DEFAULTS = {
 _FILE_TYPES = {
     "app": str, "instances": (int, str), "bind": (str, list), "interface": str,
     "sched": str, "threads": int, "preload": bool, "name": str, "env": (list, dict),
-    "log_level": str, "access_log": bool, "kill_timeout": (int, float), "app_dir": str, "forwarded_allow_ips": str,
+    "log_level": str, "access_log": bool, "kill_timeout": (int, float), "keep_alive": (int, float),
+    "app_dir": str, "forwarded_allow_ips": str,
     "listen_timeout": (int, float), "wait_ready": bool, "max_restarts": int,
     "min_uptime": (int, float), "exp_backoff_restart_delay": (int, float),
     "max_memory_restart": (int, str), "max_requests": int, "timeout": (int, float),

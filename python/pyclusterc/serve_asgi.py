@@ -26,6 +26,7 @@ def run(app, listeners, options, on_stop):
         log_level=options.get("log_level", "info"), access_log=options.get("access_log", False),
         proxy_headers=True, forwarded_allow_ips=options.get("forwarded_allow_ips"),
         timeout_graceful_shutdown=options.get("kill_timeout"),
+        timeout_keep_alive=options.get("keep_alive", 5),
         loop="auto")
     config.load()
     slot = options.get("slot")
