@@ -202,17 +202,18 @@ class _TrackedSocket(socket.socket):
 
     _slot = None
 
-    def close(self):
+    def _untrack(self):
         slot, self._slot = self._slot, None
         if slot is not None:
             slot.connection_closed()
+
+    def close(self):
+        self._untrack()
         super().close()
 
     def detach(self):
         # uvloop's transports detach the socket object and close the fd themselves.
-        slot, self._slot = self._slot, None
-        if slot is not None:
-            slot.connection_closed()
+        self._untrack()
         return super().detach()
 
 
@@ -835,37 +836,43 @@ class Listener:
         batch: connections taken per channel read (default 8). Several event loops may
         serve one listener at once; each takes connections only while it runs."""
         loop = asyncio.get_running_loop()
-        if self._sock is not None:
-            # The worker accepts itself (none/reuseport): the loop's own server does it in
-            # C under uvloop. Its connections are not tracked one by one; servers that
-            # serve() publish their own counts (pyclusterc run's ASGI beat does). The
-            # server gets a dup of the socket, which it closes: several loops may serve.
-            stopped = loop.create_future()
+        stopped = loop.create_future()  # resolved by close(), from whichever thread
 
-            def on_close():
-                loop.call_soon_threadsafe(lambda: stopped.done() or stopped.set_result(None))
-            self._on_close.add(on_close)
-            server = await loop.create_server(protocol_factory, sock=self._sock.dup())
-            try:
-                if not self.closed:
-                    await stopped
-            finally:
-                self._on_close.discard(on_close)
-                server.close()
-            return
+        def on_close():
+            loop.call_soon_threadsafe(lambda: stopped.done() or stopped.set_result(None))
+        self._on_close.add(on_close)
+        try:
+            if self._sock is not None:
+                await self._serve_own_socket(loop, protocol_factory, stopped)
+            else:
+                await self._serve_channel(loop, protocol_factory, stopped, batch or _SERVE_BATCH)
+        finally:
+            self._on_close.discard(on_close)
+
+    async def _serve_own_socket(self, loop, protocol_factory, stopped):
+        # The worker accepts itself (none/reuseport): the loop's own server does it in
+        # C under uvloop. Its connections are not tracked one by one; servers that
+        # serve() publish their own counts (pyclusterc run's ASGI beat does). The
+        # server gets a dup of the socket, which it closes: several loops may serve.
+        server = await loop.create_server(protocol_factory, sock=self._sock.dup())
+        try:
+            if not self.closed:
+                await stopped
+        finally:
+            server.close()
+
+    async def _serve_channel(self, loop, protocol_factory, stopped, batch):
         # A reader callback, not a task that awaits each connection: one batch read off
         # the channel (one recvmmsg, one scoreboard update) starts every connection in
         # it within the same loop pass. Readers stay registered: no epoll_ctl per
         # connection. The peer address is never decoded.
-        stopped = loop.create_future()
-
         def start_batch():
             self._drain_wake()
             try:
                 # What is queued, then at most one channel read per pass: the loop serves
                 # the connections it has before taking more (level-triggered readers
                 # call back while the channel holds any).
-                got = self._poll(batch or _SERVE_BATCH)
+                got = self._poll(batch)
                 while got is not None:
                     _step_quietly(loop, loop.connect_accepted_socket(protocol_factory, got[0]))
                     got = self._queue.popleft() if self._queue else None
@@ -879,15 +886,11 @@ class Listener:
         fds = self._wait_fds()
         for fd in fds:
             loop.add_reader(fd, start_batch)
-        def on_close():  # from whichever thread closes the listener
-            loop.call_soon_threadsafe(lambda: stopped.done() or stopped.set_result(None))
-        self._on_close.add(on_close)
         try:
             if not self.closed:
                 start_batch()  # connections queued before the readers were added
                 await stopped
         finally:
-            self._on_close.discard(on_close)
             for fd in fds:
                 loop.remove_reader(fd)
 
@@ -895,9 +898,9 @@ class Listener:
         if self.closed:
             return
         self.closed = True
+        for on_close in list(self._on_close):  # running serve() calls end
+            on_close()
         if self._sock is not None:
-            for on_close in list(self._on_close):
-                on_close()
             self._sock.close()
             return
         self._owner.unlisten(self)
@@ -905,8 +908,6 @@ class Listener:
             sock, sockaddr = self._queue.popleft()
             self._owner.return_connection(sock, self.listener_id, sockaddr)
         os.eventfd_write(self._wake, 1)  # wake accept() calls; the fd closes with the object
-        for on_close in list(self._on_close):
-            on_close()
 
     def __del__(self):
         if self._wake is not None:
