@@ -34,8 +34,8 @@ import traceback
 import atomics  # the PyPI package, a peer (pyproject's `bench` extra)
 import pyclusterc
 from pyclusterc import Atomics, BigInt64Array, Int32Array, Mutex, Semaphore, SharedBuffer
-from pyclusterc import atomics as pc_atomics
-from pyclusterc import sync as pc_sync
+from pyclusterc.shared import atomics as pc_atomics
+from pyclusterc.shared import sync as pc_sync
 from pyclusterc._native import lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,7 +14,7 @@ import sys
 import time
 
 from pyclusterc import SharedBuffer
-from pyclusterc.pool import WorkerPool
+from pyclusterc.workers import WorkerPool
 from pyclusterc.workers import Worker
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -88,7 +88,7 @@ def shm_name():
 
 def waiters(ta, index):
     """How many Atomics.wait callers are registered on ta[index] (any process)."""
-    from pyclusterc._core import lib
+    from pyclusterc._lowlevel.native import lib
     return lib.pc_waiters(ta._header, ta.byte_offset + index * ta.BYTES_PER_ELEMENT)
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pyclusterc import config
+from pyclusterc.manager import config
 from test_serve import APPS, EXAMPLES, Cli, free_port, get
 
 pytestmark = pytest.mark.timeout(60)

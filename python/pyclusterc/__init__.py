@@ -1,11 +1,9 @@
 """pyclusterc: Node.js's cluster and worker_threads for Python, on a C11 core."""
-from .atomics import Atomics
-from .shared import (BigInt64Array, BigUint64Array, Float32Array, Float64Array, Int8Array,
-                     Int16Array, Int32Array, SharedBuffer, TypedArray, Uint8Array, Uint16Array,
-                     Uint32Array)
-from .sync import Barrier, Condition, Mutex, Semaphore
-from .control import ready
-from .pool import WorkerDied, WorkerPool
+from .shared import (Atomics, Barrier, BigInt64Array, BigUint64Array, Condition, Float32Array,
+                     Float64Array, Int8Array, Int16Array, Int32Array, Mutex, Semaphore,
+                     SharedBuffer, TypedArray, Uint8Array, Uint16Array, Uint32Array)
+from .manager.control import ready
+from .workers import WorkerDied, WorkerPool
 from .workers import (BroadcastChannel, MessageChannel, MessagePort, Worker, WorkerError,
                       receive_message_on_port)
 

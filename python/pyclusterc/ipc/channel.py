@@ -11,8 +11,8 @@ import pickle
 import socket
 import threading
 
-from ._core import EAGAIN, EINTR, call_restarting, ffi, lib, os_error
-from .shared import SharedBuffer, TypedArray
+from .._lowlevel.native import EAGAIN, EINTR, call_restarting, ffi, lib, os_error
+from ..shared.buffer import SharedBuffer, TypedArray
 
 __all__ = ["Channel", "ChannelClosed", "KIND_DATA", "KIND_CONTROL", "KIND_CONN"]
 

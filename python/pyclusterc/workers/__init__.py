@@ -34,11 +34,11 @@ import time
 import traceback
 import weakref
 
-from . import _ring, channel
-from ._core import lib, timeout_ns
-from ._ring import BYTES, DATA, ERROR, ONLINE, ChannelClosed, Endpoint, endpoint_pair
-from .events import EventEmitter
-from .shared import SharedBuffer
+from ..ipc import ring as _ring, channel
+from .._lowlevel.native import lib, timeout_ns
+from ..ipc.ring import BYTES, DATA, ERROR, ONLINE, ChannelClosed, Endpoint, endpoint_pair
+from .._lowlevel.events import EventEmitter
+from ..shared.buffer import SharedBuffer
 
 __all__ = [
     "Worker", "WorkerError", "MessagePort", "MessageChannel", "BroadcastChannel",
@@ -1095,3 +1095,6 @@ class BroadcastChannel(EventEmitter):
             except OSError:
                 pass
             self._sock.close()
+
+
+from .pool import WorkerDied, WorkerPool  # noqa: E402  (pool builds on Worker above)

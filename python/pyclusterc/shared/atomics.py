@@ -6,8 +6,8 @@ array's method form (``ta.add(i, v)`` etc.), which is the fast path.
 import asyncio
 import threading
 
-from ._core import EAGAIN, call_restarting, ffi, lib, timeout_ns
-from .shared import (BigInt64Array, Float32Array, Float64Array, Int32Array, TypedArray,
+from .._lowlevel.native import EAGAIN, call_restarting, ffi, lib, timeout_ns
+from .buffer import (BigInt64Array, Float32Array, Float64Array, Int32Array, TypedArray,
                      _IntegerArray)
 
 __all__ = ["Atomics"]

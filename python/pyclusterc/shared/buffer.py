@@ -11,7 +11,7 @@ import operator
 import os
 import sys
 
-from ._core import EPROTO, ENOENT, ENOMEM, ffi, lib, os_error
+from .._lowlevel.native import EPROTO, ENOENT, ENOMEM, ffi, lib, os_error
 
 __all__ = [
     "SharedBuffer", "TypedArray",

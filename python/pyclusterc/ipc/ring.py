@@ -17,9 +17,9 @@ import threading
 import time
 import weakref
 
-from ._core import check, ffi, lib
+from .._lowlevel.native import check, ffi, lib
 from .channel import Channel, ChannelClosed
-from .shared import SharedBuffer
+from ..shared.buffer import SharedBuffer
 
 __all__ = ["Endpoint", "endpoint_pair", "wait_any", "ChannelClosed"]
 

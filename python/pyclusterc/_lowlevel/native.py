@@ -8,7 +8,7 @@ if not sys.platform.startswith("linux"):
         f"pyclusterc's native core supports Linux only for now (this is {sys.platform})"
     )
 
-from ._native import ffi, lib  # noqa: E402  (after the platform check on purpose)
+from .._native import ffi, lib  # noqa: E402  (after the platform check on purpose)
 
 __all__ = ["ffi", "lib", "os_error", "check"]
 

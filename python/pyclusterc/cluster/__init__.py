@@ -21,11 +21,11 @@ import threading
 import time
 import types
 
-from ._core import EAGAIN, EINTR, ffi, lib, os_error, timeout_ns
-from .channel import (KIND_CONN, KIND_CONTROL, KIND_DATA, Channel, ChannelClosed, dumps,
+from .._lowlevel.native import EAGAIN, EINTR, ffi, lib, os_error, timeout_ns
+from ..ipc.channel import (KIND_CONN, KIND_CONTROL, KIND_DATA, Channel, ChannelClosed, dumps,
                       loads)
-from .events import EventEmitter
-from .shared import BigUint64Array, SharedBuffer, Uint32Array
+from .._lowlevel.events import EventEmitter
+from ..shared.buffer import BigUint64Array, SharedBuffer, Uint32Array
 
 __all__ = ["fork", "run", "shutdown", "disconnect", "setup_primary", "listen", "on", "once",
            "off", "Worker", "Listener", "SCHEDULING_POLICIES"]

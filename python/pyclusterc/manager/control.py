@@ -225,10 +225,10 @@ class _Client:
 def ready():
     """In a worker: tell the primary this worker is ready (PM2's wait_ready; the primary
     waits for it during a reload when run with --wait-ready). Elsewhere: does nothing."""
-    from . import cluster
+    from .. import cluster
     if not cluster.is_worker:
         return
-    from .channel import KIND_CONTROL
+    from ..ipc.channel import KIND_CONTROL
     # cluster.py has no public call for this yet; its primary handles {"cmd": "ready"}.
     cluster.worker._channel.send_object({"cmd": "ready"}, KIND_CONTROL)
 

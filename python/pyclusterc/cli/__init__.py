@@ -24,8 +24,8 @@ import time
 import traceback
 import types
 
-from . import config as settings_file
-from .config import ConfigError
+from ..manager import config as settings_file
+from ..manager.config import ConfigError
 
 # Exit status of a worker that could not load the app or listen (gunicorn's APP_LOAD_ERROR).
 APP_LOAD_ERROR = 4
@@ -55,7 +55,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    from . import __version__
+    from .. import __version__
     parser = _Parser(prog="pyclusterc",
                      description="Node.js cluster for Python: serve an app on every core.")
     parser.add_argument("--version", action="version", version=f"pyclusterc {__version__}")
@@ -217,7 +217,7 @@ def resolve_settings(args, directory="."):
         if merged[key] < 0:
             raise ConfigError(f"invalid {key.replace('_', '-')} {merged[key]!r}: expected seconds >= 0")
     if merged["name"] is not None:
-        from .control import ControlError, check_name
+        from ..manager.control import ControlError, check_name
         try:
             check_name(merged["name"])
         except ControlError as e:
@@ -246,7 +246,7 @@ def resolve_settings(args, directory="."):
 
 def parse_binds(binds, sched, explicit):
     """(kind, value) per bind: ("address", (family, sockaddr)) or ("socket", sock)."""
-    from .cluster import parse_address
+    from ..cluster import parse_address
     result = []
     for text in systemd_sockets():
         result.append(("socket", text))
@@ -294,15 +294,15 @@ def systemd_sockets():
 
 
 def _display(family, sockaddr):
-    from .cluster import format_address
+    from ..cluster import format_address
     return format_address(sockaddr) if family == socket.AF_UNIX else "http://" + format_address(sockaddr)
 
 
 def bind_all(binds):
     """Create the listening sockets in the primary (so 'address in use' is caught here,
     once) and register them with the cluster. Returns the worker-side address strings."""
-    from . import cluster
-    from .cluster import format_address
+    from .. import cluster
+    from ..cluster import format_address
     addresses = []
     for kind, value in binds:
         if kind == "socket":
@@ -322,7 +322,7 @@ def bind_all(binds):
 
 def _adopt(sock):
     """Register an inherited listening socket (fd://, systemd) as a cluster server."""
-    from . import cluster
+    from .. import cluster
     family = sock.family
     name = sock.getsockname()
     sockaddr = name if family == socket.AF_UNIX else tuple(name[:2])
@@ -473,7 +473,7 @@ def _app_traceback(exc):
 def _stop_hooks():
     """on_stop(callback): callback runs once when this worker should stop gracefully —
     the primary disconnects it (its shutdown) or it gets TERM/INT itself."""
-    from . import cluster
+    from .. import cluster
     callbacks = []
     fired = threading.Event()
 
@@ -498,7 +498,7 @@ def _stop_hooks():
 
 def _fail(message, details=None):
     """Tell the primary why this worker cannot serve, then exit with APP_LOAD_ERROR."""
-    from . import cluster
+    from .. import cluster
     try:
         cluster.worker.send({"pyclusterc": "app_error", "message": message, "details": details})
     except Exception:  # noqa: BLE001 - already disconnected: the primary is stopping on
@@ -509,7 +509,7 @@ def _fail(message, details=None):
 
 def worker_main(settings, app=None, interface=None, close_fds=()):
     """Load (unless preloaded), listen on every bind, serve until told to stop."""
-    from . import cluster
+    from .. import cluster
     for fd in close_fds:  # a forked (preloaded) worker: the primary's own loop fds
         try:
             os.close(fd)
@@ -547,12 +547,12 @@ def worker_main(settings, app=None, interface=None, close_fds=()):
                "forwarded_allow_ips": settings["forwarded_allow_ips"], "keep_alive": settings["keep_alive"],
                "limits": {"keepalive_timeout": settings["keep_alive"]}}
     if interface == "asgi":
-        from . import serve_asgi
+        from ..serve import asgi as serve_asgi
         code = serve_asgi.run(app, listeners, options, on_stop)
         if code == serve_asgi.LIFESPAN_FAILED:
             _fail("the app's lifespan startup failed (see its error above)")
     else:
-        from . import serve_wsgi
+        from ..serve import wsgi as serve_wsgi
         code = serve_wsgi.run(app, listeners, options, on_stop)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -564,7 +564,7 @@ def _heartbeat(slot):
     (the primary kills a worker whose stamp is older than --timeout)."""
     if slot is None:
         return lambda: None
-    from .cluster import _U64_HEARTBEAT
+    from ..cluster import _U64_HEARTBEAT
     u64 = slot.u64
     return lambda stamp=None: u64.store(_U64_HEARTBEAT, stamp or time.monotonic_ns())
 
@@ -887,7 +887,7 @@ class Primary:
     _CHECK_PERIOD = 1.0  # --timeout, --max-memory-restart, --max-requests
 
     def __init__(self, settings, preloaded=None):
-        from . import cluster
+        from .. import cluster
         self.cluster = cluster
         self.settings = settings
         self.preloaded = preloaded
@@ -964,7 +964,7 @@ class Primary:
 
     # -- the control socket -----------------------------------------------------------
     def start_control(self):
-        from .control import ControlError, ControlServer
+        from ..manager.control import ControlError, ControlServer
         name = self.settings["name"]
         state = self.cluster._state
         server = ControlServer(name or "default", self.on_control, state.watch, state.unwatch)
@@ -1186,7 +1186,7 @@ class Primary:
     def check_limits(self):
         if self.stopping:
             return
-        from .cluster import _U64_HEARTBEAT
+        from ..cluster import _U64_HEARTBEAT
         s = self.settings
         now_ns = time.monotonic_ns()
         for worker in self.serving_workers():
@@ -1218,7 +1218,7 @@ def run_command(args):
     settings = resolve_settings(args)
     for key, value in settings["env"].items():
         os.environ[key] = value
-    from . import cluster
+    from .. import cluster
     cluster.scheduling_policy = settings["sched"]
     check_importable(settings["target"], settings["app_dir"])
     preloaded = None
@@ -1226,7 +1226,7 @@ def run_command(args):
         preloaded = load_target(settings["target"], settings["interface"], settings["app_dir"])
         gc.collect()
         # Import the server module too, so its pages are shared like the app's.
-        importlib.import_module("pyclusterc.serve_asgi" if preloaded[1] == "asgi" else "pyclusterc.serve_wsgi")
+        importlib.import_module("pyclusterc.serve.asgi" if preloaded[1] == "asgi" else "pyclusterc.serve.wsgi")
         # And the idna codec: werkzeug's first request (and getaddrinfo on a name) would
         # import it in every worker, ~0.8 MiB of private pages each.
         importlib.import_module("encodings.idna")
@@ -1245,7 +1245,7 @@ def run_command(args):
 
 def control_command(args):
     """status | reload | restart | scale N | stop | monit | metrics [NAME]."""
-    from . import control
+    from ..manager import control
     name = control.check_name(args.name)
     if args.command == "monit":
         try:
@@ -1266,13 +1266,13 @@ def control_command(args):
 
 
 def main(argv=None):
-    from . import cluster
+    from .. import cluster
     if cluster.is_worker and _ENV_SETTINGS in os.environ:
         # A spawned worker re-runs this command line: serve instead of parsing it.
         worker_main(json.loads(os.environ.pop(_ENV_SETTINGS)))
         return 0
     parser = build_parser()
-    from .control import ControlError
+    from ..manager.control import ControlError
     try:
         args = parser.parse_args(argv)
         if args.command == "run":

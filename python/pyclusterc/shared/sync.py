@@ -5,8 +5,8 @@ constructs one over the same bytes shares it. All-zero bytes are an unlocked Mut
 """
 import threading
 
-from ._core import EINTR, EPERM, EPIPE, ETIMEDOUT, call_restarting, ffi, lib, os_error, timeout_ns
-from .shared import SharedBuffer
+from .._lowlevel.native import EINTR, EPERM, EPIPE, ETIMEDOUT, call_restarting, ffi, lib, os_error, timeout_ns
+from .buffer import SharedBuffer
 
 __all__ = ["Mutex", "Condition", "Semaphore", "Barrier"]
 
