@@ -8,7 +8,6 @@ With --block-first, worker 1 never accepts (its connections stay queued), so a
 test can SIGKILL it and check that another worker answers them.
 """
 import json
-import os
 import sys
 
 from pyclusterc import cluster

@@ -1097,4 +1097,4 @@ class BroadcastChannel(EventEmitter):
             self._sock.close()
 
 
-from .pool import WorkerDied, WorkerPool  # noqa: E402  (pool builds on Worker above)
+from .pool import WorkerDied, WorkerPool  # noqa: E402,F401  (pool builds on Worker above)

@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 
+from .._lowlevel.cpus import usable_cpus
 from ..ipc import ring as _ring
 from . import Worker, WorkerError
 
@@ -20,21 +21,6 @@ __all__ = ["WorkerPool", "WorkerDied", "usable_cpus"]
 
 class WorkerDied(RuntimeError):
     """The worker running a task ended before finishing it."""
-
-
-def usable_cpus():
-    """CPUs this process may use: its affinity mask, capped by a cgroup v2 cpu.max quota."""
-    n = len(os.sched_getaffinity(0))
-    try:
-        with open("/proc/self/cgroup") as f:
-            rel = next((line.split(":", 2)[2].strip() for line in f if line.startswith("0::")), "")
-        with open(f"/sys/fs/cgroup{rel}/cpu.max") as f:
-            quota, period = f.read().split()
-        if quota != "max":
-            n = min(n, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError, StopIteration):
-        pass
-    return max(1, n)
 
 
 def _pool_worker(initializer, initargs, max_tasks):

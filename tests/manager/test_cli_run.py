@@ -8,8 +8,9 @@ import time
 
 import pytest
 
+from pyclusterc._lowlevel import cpus
 from pyclusterc.manager import config
-from test_serve import APPS, EXAMPLES, Cli, free_port, get
+from procs import APPS, EXAMPLES, Cli, free_port, get
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -123,10 +124,10 @@ def test_instances_values():
 
 
 def test_cgroup_parsers():
-    assert config.cgroup_v2_limit("150000 100000\n") == 1.5
-    assert config.cgroup_v2_limit("max 100000\n") is None
-    assert config.cgroup_v1_limit("-1\n", "100000\n") is None
-    assert config.cgroup_v1_limit("50000\n", "100000\n") == 0.5
+    assert cpus.cgroup_v2_limit("150000 100000\n") == 1.5
+    assert cpus.cgroup_v2_limit("max 100000\n") is None
+    assert cpus.cgroup_v1_limit("-1\n", "100000\n") is None
+    assert cpus.cgroup_v1_limit("50000\n", "100000\n") == 0.5
 
 
 def _write(path, text):
@@ -140,11 +141,11 @@ def test_cgroup_v2_hierarchy_takes_the_lowest_quota(tmp_path):
     _write(str(tmp_path / "self_cgroup"), "0::/app.slice/web.service\n")
     _write(str(root / "app.slice" / "web.service" / "cpu.max"), "max 100000\n")
     _write(str(root / "app.slice" / "cpu.max"), "250000 100000\n")
-    assert config.cgroup_cpu_limit(str(root), str(tmp_path / "self_cgroup")) == 2.5
-    cpus = len(os.sched_getaffinity(0))
-    assert config.usable_cpus(str(root), str(tmp_path / "self_cgroup")) == min(cpus, 3)
+    assert cpus.cgroup_cpu_limit(str(root), str(tmp_path / "self_cgroup")) == 2.5
+    affinity = len(os.sched_getaffinity(0))
+    assert cpus.usable_cpus(str(root), str(tmp_path / "self_cgroup")) == min(affinity, 3)
     _write(str(root / "app.slice" / "web.service" / "cpu.max"), "50000 100000\n")
-    assert config.usable_cpus(str(root), str(tmp_path / "self_cgroup")) == 1
+    assert cpus.usable_cpus(str(root), str(tmp_path / "self_cgroup")) == 1
 
 
 def test_cgroup_v1_quota(tmp_path):
@@ -152,10 +153,10 @@ def test_cgroup_v1_quota(tmp_path):
     _write(str(tmp_path / "self_cgroup"), "4:cpu,cpuacct:/docker/abc\n3:memory:/docker/abc\n")
     _write(str(root / "cpu,cpuacct" / "docker" / "abc" / "cpu.cfs_quota_us"), "100000\n")
     _write(str(root / "cpu,cpuacct" / "docker" / "abc" / "cpu.cfs_period_us"), "100000\n")
-    assert config.cgroup_cpu_limit(str(root), str(tmp_path / "self_cgroup")) == 1.0
-    assert config.usable_cpus(str(root), str(tmp_path / "self_cgroup")) == 1
+    assert cpus.cgroup_cpu_limit(str(root), str(tmp_path / "self_cgroup")) == 1.0
+    assert cpus.usable_cpus(str(root), str(tmp_path / "self_cgroup")) == 1
     # No controller files at all: no limit.
-    assert config.cgroup_cpu_limit(str(tmp_path / "empty"), str(tmp_path / "self_cgroup")) is None
+    assert cpus.cgroup_cpu_limit(str(tmp_path / "empty"), str(tmp_path / "self_cgroup")) is None
 
 
 def test_settings_from_pyproject_and_flags_win(tmp_path):

@@ -1,7 +1,6 @@
 """Atomics, translated from test262's built-ins/Atomics (checked against Node 20):
 allowed and refused arrays, indices, return values, wrap-around, wait/notify."""
 import asyncio
-import os
 import random
 import signal
 import threading

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from test_serve import APPS, EXAMPLES, Cli, free_port, get
+from procs import APPS, EXAMPLES, Cli, free_port, get
 
 pytestmark = pytest.mark.timeout(90)
 

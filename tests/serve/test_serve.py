@@ -3,7 +3,6 @@
 import http.client
 import json
 import os
-import queue
 import signal
 import socket
 import subprocess
@@ -13,91 +12,9 @@ import time
 
 import pytest
 
-from procs import group_members, kill_group
+from procs import APPS, EXAMPLES, Cli, free_port, get, start
 
 pytestmark = pytest.mark.timeout(90)
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-APPS = os.path.join(HERE, "apps")
-EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Cli:
-    """`python -m pyclusterc ARGS` in its own session; killed with its group at the end."""
-
-    def __init__(self, *args, env=None, cwd=None, prefix=()):
-        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "pyclusterc", *map(str, args)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     start_new_session=True, cwd=cwd or HERE,
-                                     env={**os.environ, **(env or {})})
-        self.stdout, self.stderr = [], []
-        self._lines = queue.Queue()
-        self._readers = [threading.Thread(target=self._read, args=(stream, sink), daemon=True)
-                         for stream, sink in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr))]
-        for reader in self._readers:
-            reader.start()
-
-    def _read(self, stream, sink):
-        for raw in stream:
-            line = raw.decode(errors="replace").rstrip("\n")
-            sink.append(line)
-            self._lines.put(line)
-
-    def wait_line(self, text, timeout=30):
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.stdout + self.stderr):
-            if time.monotonic() > deadline or self.proc.poll() is not None and self._lines.empty():
-                raise AssertionError(f"no line with {text!r}; stdout={self.stdout} stderr={self.stderr}")
-            try:
-                self._lines.get(timeout=0.1)
-            except queue.Empty:
-                pass
-
-    def finish(self, timeout=30):
-        """Exit status, once the output has been read to its end."""
-        code = self.proc.wait(timeout)
-        for reader in self._readers:
-            reader.join(5)
-        return code
-
-    def group_alive(self):
-        """Pids still in the process group (the primary's session)."""
-        return group_members(self.proc.pid)
-
-    def kill(self):
-        kill_group(self.proc)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.kill()
-        if exc[0] is not None:  # shown by pytest with the failure
-            print("cli stdout:", *self.stdout[-30:], "cli stderr:", *self.stderr[-30:], sep="\n")
-
-
-def start(target, port, *extra, env=None):
-    cli = Cli("run", target, "-i", 2, "-b", f"127.0.0.1:{port}", "--app-dir", APPS,
-              *extra, env={"PYTHONPATH": EXAMPLES, **(env or {})})
-    cli.wait_line("ready, 2 workers")
-    return cli
-
-
-def get(port, path="/", timeout=10):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers={"Connection": "close"})
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        conn.close()
-
 
 APPS_UNDER_TEST = [("flask_app:app", "wsgi"), ("starlette_app:app", "asgi"), ("plain_wsgi:app", "wsgi")]
 
