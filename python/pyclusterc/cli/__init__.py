@@ -541,19 +541,18 @@ def worker_main(settings, app=None, interface=None, close_fds=()):
         _fail(f"worker {cluster.worker.id}: {e}")
     on_stop = _stop_hooks()
     slot = getattr(cluster.worker, "_slot", None)
-    options = {"log_level": settings["log_level"], "access_log": settings["access_log"],
-               "kill_timeout": settings["kill_timeout"], "threads": settings["threads"],
-               "slot": slot, "heartbeat": _heartbeat(slot), "live_counts": settings["sched"] == "least",
-               "forwarded_allow_ips": settings["forwarded_allow_ips"], "keep_alive": settings["keep_alive"],
-               "limits": {"keepalive_timeout": settings["keep_alive"]}}
+    hooks = types.SimpleNamespace(on_stop=on_stop, ready=lambda: None, slot=slot,
+                                  heartbeat=_heartbeat(slot), live_counts=settings["sched"] == "least",
+                                  hand_back=lambda sock: False)
+    run_settings = types.SimpleNamespace(**settings)
     if interface == "asgi":
         from ..serve import asgi as serve_asgi
-        code = serve_asgi.run(app, listeners, options, on_stop)
+        code = serve_asgi.run(app, listeners, run_settings, hooks)
         if code == serve_asgi.LIFESPAN_FAILED:
             _fail("the app's lifespan startup failed (see its error above)")
     else:
         from ..serve import wsgi as serve_wsgi
-        code = serve_wsgi.run(app, listeners, options, on_stop)
+        code = serve_wsgi.run(app, listeners, run_settings, hooks)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # daemon threads (channel reader, pools) must not delay the exit

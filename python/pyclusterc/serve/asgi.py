@@ -15,35 +15,36 @@ LIFESPAN_FAILED = 3
 _BEAT_SECONDS = 0.5
 
 
-def run(app, listeners, options, on_stop):
-    """Serve until on_stop fires; returns the worker's exit status.
+def run(app, listeners, settings, hooks):
+    """Serve until hooks.on_stop fires; returns the worker's exit status.
 
-    options: log_level, access_log, kill_timeout, interface ("asgi3" | "asgi2"), slot,
-    heartbeat, live_counts, threads (event loops in this worker, default 1)."""
+    settings: the RunSettings (this package's options in ``serve.options``, and
+    kill_timeout); hooks: see the package docstring (on_stop, ready, heartbeat, slot,
+    live_counts)."""
     import uvicorn
     config = uvicorn.Config(
-        app, lifespan="auto", interface=options.get("interface", "auto"),
-        log_level=options.get("log_level", "info"), access_log=options.get("access_log", False),
-        proxy_headers=True, forwarded_allow_ips=options.get("forwarded_allow_ips"),
-        timeout_graceful_shutdown=options.get("kill_timeout"),
-        timeout_keep_alive=options.get("keep_alive", 5),
+        app, lifespan="auto", interface="auto",
+        log_level=settings.log_level, access_log=settings.access_log,
+        proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
+        timeout_graceful_shutdown=settings.kill_timeout,
+        timeout_keep_alive=settings.keep_alive,
         loop="auto")
     config.load()
-    slot = options.get("slot")
-    if slot is not None and options.get("live_counts"):
+    slot = hooks.slot
+    if slot is not None and hooks.live_counts:
         config.loaded_app = _counting(config.loaded_app, slot)
         slot = None  # counted per request; the beat need not publish
-    loops = _Loops(options.get("threads") or 1, options.get("heartbeat"), slot)
-    on_stop(loops.stop)
+    loops = _Loops(settings.threads or 1, hooks.heartbeat, slot, hooks.ready)
+    hooks.on_stop(loops.stop)
     # More than one loop: each runs in its own thread with its own uvicorn server state
     # and lifespan, and takes connections only while it is not blocked, so an app that
     # blocks its loop (a sync call) holds up 1/N of the worker rather than all of it.
-    threads = [threading.Thread(target=loops.run, args=(index, config, listeners, options),
+    threads = [threading.Thread(target=loops.run, args=(index, config, listeners, settings),
                                 name=f"pyclusterc-asgi-loop-{index}", daemon=True)
                for index in range(1, loops.count)]
     for thread in threads:
         thread.start()
-    loops.run(0, config, listeners, options)
+    loops.run(0, config, listeners, settings)
     for thread in threads:
         thread.join()
     return LIFESPAN_FAILED if LIFESPAN_FAILED in loops.status else max(loops.status)
@@ -54,8 +55,10 @@ class _Loops:
     lifespan stops the others, and the scoreboard sees the oldest loop's heartbeat
     (a stuck loop is a stuck worker) and uvicorn's counts summed over the loops."""
 
-    def __init__(self, count, heartbeat, slot):
+    def __init__(self, count, heartbeat, slot, ready):
         self.count = count
+        self._ready = ready
+        self._started = 0
         self.status = [0] * count
         self._heartbeat = heartbeat
         self._slot = slot
@@ -65,17 +68,17 @@ class _Loops:
         self._stopping = False
         self._lock = threading.Lock()
 
-    def run(self, index, config, listeners, options):
+    def run(self, index, config, listeners, settings):
         loop_factory = config.get_loop_factory() or asyncio.new_event_loop
         if not hasattr(asyncio, "Runner"):  # Python 3.10
             loop = loop_factory()
             try:
-                self.status[index] = loop.run_until_complete(_serve(config, listeners, options, self, index))
+                self.status[index] = loop.run_until_complete(_serve(config, listeners, settings, self, index))
             finally:
                 loop.close()
             return
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            self.status[index] = runner.run(_serve(config, listeners, options, self, index))
+            self.status[index] = runner.run(_serve(config, listeners, settings, self, index))
 
     def on_stop(self, callback):
         with self._lock:
@@ -95,6 +98,14 @@ class _Loops:
         with self._lock:
             self._states.append(server_state)
 
+    def started(self):
+        """One loop's lifespan startup completed: the worker is ready when all have."""
+        with self._lock:
+            self._started += 1
+            all_started = self._started == self.count
+        if all_started:
+            self._ready()
+
     def beat(self, index):
         self._stamps[index] = time.monotonic_ns()
         if self._heartbeat is not None:
@@ -106,7 +117,7 @@ class _Loops:
                                sum(len(state.connections) for state in states))
 
 
-async def _serve(config, listeners, options, loops, index):
+async def _serve(config, listeners, settings, loops, index):
     import uvicorn
     server = uvicorn.Server(config)
     server.servers = []  # connections come from the primary, not from our own sockets
@@ -117,6 +128,7 @@ async def _serve(config, listeners, options, loops, index):
         return LIFESPAN_FAILED
     server.started = True
     loops.add_state(server.server_state)
+    loops.started()
     loop = asyncio.get_running_loop()
     loops.on_stop(lambda: loop.call_soon_threadsafe(setattr, server, "should_exit", True))
 
@@ -137,7 +149,7 @@ async def _serve(config, listeners, options, loops, index):
         await asyncio.gather(*tasks, return_exceptions=True)
         for listener in listeners:
             listener.close()
-    await _let_first_requests_in(server, min(1.0, options.get("kill_timeout") or 1.0))
+    await _let_first_requests_in(server, min(1.0, settings.kill_timeout or 1.0))
     await server.shutdown()
     return 0
 

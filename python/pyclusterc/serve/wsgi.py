@@ -171,17 +171,17 @@ class _Date:
 
 
 class WSGIServer:
-    def __init__(self, app, listeners, options):
+    def __init__(self, app, listeners, settings, hooks):
         self.app = app
         self.listeners = list(listeners)
-        self.limits = {**LIMITS, **options.get("limits", {})}
-        self.threads = options.get("threads") or DEFAULT_THREADS
-        self.access_log = options.get("access_log", False)
-        self.slot = options.get("slot")
+        self.limits = {**LIMITS, "keepalive_timeout": settings.keep_alive}
+        self.threads = settings.threads or DEFAULT_THREADS
+        self.access_log = settings.access_log
+        self.slot = hooks.slot
         self.stopping = False
         self.inflight = 0
         self.finished = 0  # requests handled (progress, for the heartbeat)
-        self.heartbeat = options.get("heartbeat") or (lambda: None)
+        self.heartbeat = hooks.heartbeat
         self.lock = threading.Lock()
         self.returned = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -578,8 +578,10 @@ class _Response:
             self.conn.sock.sendall(b"0\r\n\r\n")
 
 
-def run(app, listeners, options, on_stop):
-    """Serve until on_stop fires and in-flight requests are done; returns 0."""
-    server = WSGIServer(app, listeners, options)
-    on_stop(server.stop)
+def run(app, listeners, settings, hooks):
+    """Serve until hooks.on_stop fires and in-flight requests are done; returns 0.
+    The app was imported before this is called, so the worker is ready at once."""
+    server = WSGIServer(app, listeners, settings, hooks)
+    hooks.on_stop(server.stop)
+    hooks.ready()
     return server.serve()
