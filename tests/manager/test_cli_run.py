@@ -9,7 +9,7 @@ import time
 import pytest
 
 from pyclusterc._lowlevel import cpus
-from pyclusterc.manager import config
+from pyclusterc.manager import settings as config
 from procs import APPS, EXAMPLES, Cli, free_port, get
 
 pytestmark = pytest.mark.timeout(60)
@@ -180,6 +180,6 @@ def test_pyclusterc_toml_bad_setting_is_one_line(tmp_path):
 def test_worker_output_is_prefixed_and_env_is_set():
     port = free_port()
     with Cli("run", "echo_script.py", "-i", "2", "--env", f"ECHO_PORT={port}", cwd=APPS) as cli:
-        cli.wait_line("[1] script worker 1 listening")
-        cli.wait_line("[2] script worker 2 listening")
+        cli.wait_line("[0] script worker 1 listening")  # the prefix is the stable index (0..N-1)
+        cli.wait_line("[1] script worker 2 listening")
         assert get(port)[0] == 200

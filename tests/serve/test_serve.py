@@ -215,8 +215,8 @@ def test_crashed_worker_is_replaced():
 def test_script_target_runs_in_each_worker():
     port = free_port()
     with Cli("run", os.path.join(APPS, "echo_script.py"), "-i", 2, env={"ECHO_PORT": str(port)}) as cli:
-        cli.wait_line("[2] script worker 2 listening")
-        cli.wait_line("[1] script worker 1 listening")
+        cli.wait_line("[1] script worker 2 listening")  # [index]: 0..N-1
+        cli.wait_line("[0] script worker 1 listening")
         bodies = {get(port)[2] for _ in range(10)}
         assert bodies == {b"script 1", b"script 2"}
         cli.proc.send_signal(signal.SIGTERM)

@@ -66,7 +66,15 @@ class Option:
         try:
             return self.parse(value)
         except (ValueError, TypeError) as e:
-            raise OptionError(f"invalid {where} {self.name.replace('_', '-')} {value!r}: {e}") from None
+            raise OptionError(self.explain(value, e, where)) from None
+
+    def explain(self, value, error, where="setting"):
+        """One line: what was wrong and what is accepted. A parser's own message that
+        already starts with "invalid" is complete as it is."""
+        reason = str(error)
+        if reason.startswith("invalid"):
+            return reason if where == "setting" else f"{where.rsplit(':', 1)[0]}: {reason}"
+        return f"invalid {where} {self.name.replace('_', '-')} {value!r}: {reason}"
 
 
 # ---- parsers: each takes a flag's text (or a file's native value) ------------------------
@@ -137,7 +145,7 @@ def integer_range(low, high):
 def choice(*choices):
     def parse(value):
         if value not in choices:
-            raise ValueError(f"use one of {', '.join(choices)}")
+            raise ValueError(f"invalid choice: {value!r} (use one of {', '.join(choices)})")
         return value
     parse.choices = choices
     return parse

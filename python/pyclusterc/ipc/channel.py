@@ -168,7 +168,8 @@ class Channel:
             if rc == EAGAIN:
                 return None
             if rc == 1:
-                self.closed = True
+                # Not self.closed: that would make close() skip the fd, which stays ours
+                # to close (a primary leaked one per worker exit this way).
                 raise ChannelClosed("the other end of the channel closed it")
             if rc == EINTR:
                 continue

@@ -7,15 +7,15 @@ writes one JSON line, the primary answers with one JSON line — at once for sta
 metrics, when the work is done for reload, restart, scale and stop.
 
 The primary side never blocks its loop: the listening socket and each accepted client
-are watched by the cluster loop and read without blocking.
+are watched by the cluster loop and read without blocking. The presentation of replies
+(tables, Prometheus text, monit) is the CLI's: ``cli/output.py``.
 """
+import errno
 import json
 import os
 import re
 import socket
 import stat
-import sys
-import time
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _MAX_REQUEST = 4096
@@ -86,7 +86,10 @@ def request(name, command, timeout=60.0, **fields):
         sock.close()
     if not data:
         raise ControlError(f"cluster {name!r} closed the control connection without answering {command!r}")
-    reply = json.loads(data)
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        raise ControlError(f"cluster {name!r} sent a malformed reply to {command!r}") from None
     if not reply.get("ok"):
         raise ControlError(reply.get("error", f"cluster {name!r} refused {command!r}"))
     return reply
@@ -94,17 +97,26 @@ def request(name, command, timeout=60.0, **fields):
 
 # ---- server (in the primary) -------------------------------------------------------------
 
-class ControlServer:
-    """Accepts control connections in the primary's loop; `handler(request, respond)`
-    answers by calling respond(dict) now or later (once)."""
+MAX_CLIENTS = 32          # open control connections; more are answered "busy" and closed
+CLIENT_IDLE_SECONDS = 10  # a client must send its request line within this
+_ACCEPT_PAUSE = 0.5       # out of fds: accept again after this, instead of spinning
 
-    def __init__(self, name, handler, watch, unwatch):
+
+class ControlServer:
+    """Accepts control connections in the primary's loop; ``handler(request, respond)``
+    answers by calling respond(dict) now or later (once). ``loop`` is the cluster module
+    (its ``watch_fd``, ``unwatch_fd`` and ``call_later``). Nothing a client sends can raise
+    out of here or stall the loop: long lines, bad JSON, idle and surplus clients get an
+    error reply (or a close), and running out of fds pauses accepting for a moment."""
+
+    def __init__(self, name, handler, loop):
         self.name = check_name(name)
         self.path = socket_path(name)
         self.handler = handler
-        self.watch = watch        # (fd, callback) -> token: the cluster loop's extra fds
-        self.unwatch = unwatch    # (fd, token)
+        self.loop = loop
         self.sock = None
+        self.token = None
+        self.clients = set()
 
     def start(self):
         """Bind the socket. ControlError if a live primary already holds the name."""
@@ -124,7 +136,14 @@ class ControlServer:
             os.umask(old_umask)
         sock.listen(16)
         self.sock = sock
-        self.token = self.watch(sock.fileno(), self._on_accept)
+        self._watch_accept()
+
+    def fileno(self):
+        return self.sock.fileno() if self.sock is not None else -1
+
+    def _watch_accept(self):
+        if self.sock is not None and self.token is None:
+            self.token = self.loop.watch_fd(self.sock.fileno(), self._on_accept)
 
     def _live_owner(self):
         """The pid of the primary answering on our path, or None (stale files are removed)."""
@@ -140,9 +159,13 @@ class ControlServer:
             return None
 
     def close(self):
+        for client in list(self.clients):
+            client.finish()
         if self.sock is None:
             return
-        self.unwatch(self.sock.fileno(), self.token)
+        if self.token is not None:
+            self.loop.unwatch_fd(self.token)
+            self.token = None
         self.sock.close()
         self.sock = None
         try:
@@ -156,10 +179,28 @@ class ControlServer:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Level-triggered: watching on would wake the loop at once, forever.
+                    self.loop.unwatch_fd(self.token)
+                    self.token = None
+                    self.loop.call_later(_ACCEPT_PAUSE, self._watch_accept)
                 return
             conn.setblocking(False)
-            _Client(self, conn)
+            if len(self.clients) >= MAX_CLIENTS:
+                _send_line(conn, {"ok": False, "error": f"too many control connections (at most {MAX_CLIENTS}); try again"})
+                conn.close()
+                continue
+            self.clients.add(_Client(self, conn))
+
+
+def _send_line(conn, reply):
+    """One reply line, without blocking: it is small and the socket buffer takes it; a
+    client that does not read it loses it rather than stalling the primary."""
+    try:
+        conn.send(json.dumps(reply).encode() + b"\n")
+    except OSError:
+        pass
 
 
 class _Client:
@@ -170,7 +211,16 @@ class _Client:
         self.conn = conn
         self.data = b""
         self.answered = False
-        self.token = server.watch(conn.fileno(), self._on_readable)
+        self.token = server.loop.watch_fd(conn.fileno(), self._on_readable)
+        self.idle = server.loop.call_later(CLIENT_IDLE_SECONDS, self._on_idle)
+
+    def _on_idle(self):
+        self.respond({"ok": False, "error": f"no complete request within {CLIENT_IDLE_SECONDS} s"})
+
+    def _stop_reading(self):
+        if self.token is not None:
+            self.server.loop.unwatch_fd(self.token)
+            self.token = None
 
     def _on_readable(self):
         try:
@@ -180,20 +230,22 @@ class _Client:
         except OSError:
             chunk = b""
         if not chunk:
-            return self._finish()
+            return self.finish()
         self.data += chunk
         if b"\n" not in self.data:
             if len(self.data) > _MAX_REQUEST:
-                self.respond({"ok": False, "error": "control request too long"})
+                self.respond({"ok": False, "error": f"control request too long (at most {_MAX_REQUEST} bytes)"})
             return
-        self.server.unwatch(self.conn.fileno(), self.token)
-        self.token = None
+        self._stop_reading()
+        self.idle.cancel()
+        line = self.data.partition(b"\n")[0]
         try:
-            message = json.loads(self.data.partition(b"\n")[0])
-            if not isinstance(message, dict) or message.get("cmd") not in COMMANDS:
-                raise ValueError
-        except ValueError:
-            return self.respond({"ok": False, "error": f"unknown control request; use one of {', '.join(COMMANDS)}"})
+            message = json.loads(line)
+        except (ValueError, RecursionError):  # bad JSON, or nested too deep to parse
+            message = None
+        if not isinstance(message, dict) or message.get("cmd") not in COMMANDS:
+            return self.respond({"ok": False, "error": "malformed control request: expected one JSON "
+                                 f"object line with \"cmd\" one of {', '.join(COMMANDS)}"})
         try:
             self.server.handler(message, self.respond)
         except Exception as e:  # noqa: BLE001 - a bad request must not take the primary down
@@ -204,118 +256,44 @@ class _Client:
             return
         self.answered = True
         reply.setdefault("ok", True)
-        data = json.dumps(reply).encode() + b"\n"
-        try:
-            self.conn.setblocking(True)
-            self.conn.settimeout(1.0)  # a client that stopped reading cannot stall the loop long
-            self.conn.sendall(data)
-        except OSError:
-            pass
-        self._finish()
+        _send_line(self.conn, reply)
+        self.finish()
 
-    def _finish(self):
-        if self.token is not None:
-            self.server.unwatch(self.conn.fileno(), self.token)
-            self.token = None
+    def finish(self):
+        self._stop_reading()
+        self.idle.cancel()
+        self.server.clients.discard(self)
         self.conn.close()
 
 
-# ---- worker side ---------------------------------------------------------------------------
-
-def ready():
-    """In a worker: tell the primary this worker is ready (PM2's wait_ready; the primary
-    waits for it during a reload when run with --wait-ready). Elsewhere: does nothing."""
-    from .. import cluster
-    if not cluster.is_worker:
-        return
-    from ..ipc.channel import KIND_CONTROL
-    # cluster.py has no public call for this yet; its primary handles {"cmd": "ready"}.
-    cluster.worker._channel.send_object({"cmd": "ready"}, KIND_CONTROL)
-
-
-# ---- presentation (client side) ---------------------------------------------------------------
-
-def _duration(seconds):
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
-    return f"{seconds // 86400}d{seconds // 3600 % 24:02d}h"
+def running_clusters():
+    """Names of the clusters whose control sockets are in this user's directory
+    (stale sockets of exited primaries are left out)."""
+    directory = socket_dir()
+    try:
+        names = sorted(entry[:-5] for entry in os.listdir(directory) if entry.endswith(".sock"))
+    except OSError:
+        return []
+    alive = []
+    for name in names:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            probe.connect(os.path.join(directory, name + ".sock"))
+            alive.append(name)
+        except OSError:
+            pass
+        finally:
+            probe.close()
+    return alive
 
 
-def _bytes(n):
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-
-
-def format_status(reply):
-    head = (f"cluster {reply['name']}: primary pid {reply['pid']}, {reply['target']} "
-            f"({reply['interface']}, sched {reply['sched']}), up {_duration(reply['uptime'])}, "
-            f"{len(reply['workers'])}/{reply['instances']} workers")
-    if reply.get("busy"):
-        head += f", {reply['busy']} in progress"
-    columns = ("id", "pid", "state", "uptime", "restarts", "requests", "in-flight", "rss")
-    rows = [[str(w["id"]), str(w["pid"]), w["state"], _duration(w["uptime"]), str(w["restarts"]),
-             str(w["requests"]), str(w["inflight"]), _bytes(w["rss"])] for w in reply["workers"]]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]
-    lines = [head, "  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
-    for row in rows:
-        lines.append("  ".join(v.rjust(w) if i not in (2,) else v.ljust(w)
-                               for i, (v, w) in enumerate(zip(row, widths))).rstrip())
-    return "\n".join(lines)
-
-
-def format_metrics(reply):
-    """Prometheus text exposition (version 0.0.4)."""
-    name = reply["name"]
-    cluster_label = f'cluster="{name}"'
-    lines = []
-
-    def metric(metric_name, kind, help_text, samples):
-        lines.append(f"# HELP {metric_name} {help_text}")
-        lines.append(f"# TYPE {metric_name} {kind}")
-        for labels, value in samples:
-            lines.append(f"{metric_name}{{{labels}}} {value}")
-
-    workers = reply["workers"]
-
-    def per_worker(key):
-        return [(f'{cluster_label},worker="{w["id"]}",pid="{w["pid"]}"', w[key] if w[key] is not None else 0)
-                for w in workers]
-    metric("pyclusterc_workers", "gauge", "Live worker processes.", [(cluster_label, len(workers))])
-    metric("pyclusterc_workers_wanted", "gauge", "Worker count the primary keeps.",
-           [(cluster_label, reply["instances"])])
-    metric("pyclusterc_uptime_seconds", "gauge", "Seconds since the primary started.",
-           [(cluster_label, round(reply["uptime"], 3))])
-    metric("pyclusterc_restarts_total", "counter", "Workers started again after a crash or a limit.",
-           [(cluster_label, reply["restarts"])])
-    metric("pyclusterc_reloads_total", "counter", "Rolling reloads and restarts completed.",
-           [(cluster_label, reply["reloads"])])
-    metric("pyclusterc_worker_requests_total", "counter", "Requests served (scoreboard).", per_worker("requests"))
-    metric("pyclusterc_worker_inflight_requests", "gauge", "Requests being served now.", per_worker("inflight"))
-    metric("pyclusterc_worker_open_connections", "gauge", "Open client connections.", per_worker("connections"))
-    metric("pyclusterc_worker_resident_memory_bytes", "gauge", "Resident set size.", per_worker("rss"))
-    metric("pyclusterc_worker_uptime_seconds", "gauge", "Seconds since the worker started.",
-           [(labels, round(value, 3)) for labels, value in per_worker("uptime")])
-    metric("pyclusterc_worker_restarts", "gauge", "Restarts of this worker's slot.", per_worker("restarts"))
-    return "\n".join(lines) + "\n"
-
-
-def monit(name, interval=1.0, once=False, out=None):
-    """Refresh the status table until Ctrl-C (or once)."""
-    out = out or sys.stdout
-    clear = "" if once or not out.isatty() else "\x1b[H\x1b[2J"
-    while True:
-        text = format_status(request(name, "status", timeout=10.0))
-        out.write(clear + text + "\n")
-        out.flush()
-        if once:
-            return
-        time.sleep(interval)
+def resolve_name(name):
+    """The cluster a control command is for: the one named, or the only one running."""
+    if name is not None:
+        return check_name(name)
+    running = running_clusters()
+    if len(running) == 1:
+        return running[0]
+    if not running:
+        raise ControlError("no running cluster (start one with `pyclusterc run TARGET`)")
+    raise ControlError(f"{len(running)} clusters are running ({', '.join(running)}); name one")

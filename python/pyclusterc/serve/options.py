@@ -16,7 +16,7 @@ def forwarded_ips(value):
             if item != "*":
                 ipaddress.ip_network(item, strict=False)
         except ValueError:
-            raise ValueError(f"entry {item!r} is not an IP or network; use IPs or networks "
+            raise ValueError(f"invalid forwarded-allow-ips entry {item!r}; use IPs or networks "
                              "(10.0.0.0/8), comma-separated, or '*'") from None
     return value
 
