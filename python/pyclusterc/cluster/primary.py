@@ -49,6 +49,7 @@ class Worker(EventEmitter):
         self._worker_end = worker_conn_end  # kept so queued connections survive a crash
         self.slot = slot
         self._pidfd = None
+        self._conns_token = None           # watching _conns while it drains
         self._disconnected = False
 
     def __repr__(self):
@@ -332,10 +333,14 @@ class Primary(EventEmitter):
             check(lib.pc_dispatch_worker_listen(self.dispatch, worker.id, listener_id), f"worker {worker.id}")
 
     def stop_feeding(self, worker):
-        """No new connections go to this worker (it is disconnecting)."""
+        """No new connections go to this worker (it is disconnecting). Connections it
+        hands back while it drains (Listener.hand_back, or queued ones its listeners
+        return) are read here at once and passed to the others."""
         worker.feeding = False
         if self.dispatch is not None:
             lib.pc_dispatch_remove_worker(self.dispatch, worker.id)
+        if worker._conns_token is None and not worker._conns.closed and not worker.is_dead():
+            worker._conns_token = self.watch(worker._conns.fd, lambda: self.read_handed_back(worker))
 
     # -- events ------------------------------------------------------------------
     def on_worker_readable(self, worker):
@@ -361,20 +366,26 @@ class Primary(EventEmitter):
                     os.close(fd)
 
     def read_connections(self, channel):
-        """Connections read back from a worker's connection channel go to others."""
+        """Connections read back from a worker's connection channel go to others.
+        False once the channel is at its end (the worker's side is closed)."""
         while True:
             try:
                 message = channel.receive()
             except (ChannelClosed, OSError):
-                return
+                return False
             if message is None:
-                return
+                return True
             kind, payload, fds = message
             if kind == KIND_CONN:
                 self.redistribute(payload, fds)
             else:
                 for fd in fds:
                     os.close(fd)
+
+    def read_handed_back(self, worker):
+        if not self.read_connections(worker._conns) and worker._conns_token is not None:
+            self.unwatch(worker._conns_token)  # at EOF: the exit's reclaim reads the rest
+            worker._conns_token = None
 
     def unwatch(self, token):
         entry = self.tokens.pop(token, None)
@@ -453,6 +464,9 @@ class Primary(EventEmitter):
     def reclaim(self, worker):
         """Read back the connections queued to a dead worker and hand them on."""
         lib.pc_dispatch_remove_worker(self.dispatch, worker.id)
+        if worker._conns_token is not None:
+            self.unwatch(worker._conns_token)
+            worker._conns_token = None
         leftover = Channel(worker._worker_end)
         self.read_connections(leftover)       # queued to it, never accepted
         self.read_connections(worker._conns)  # ones it handed back
