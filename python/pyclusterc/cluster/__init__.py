@@ -59,7 +59,16 @@ class _ClusterModule(types.ModuleType):
 
     @property
     def settings(self):
-        return dict(self._state.settings) if self.is_primary else {}
+        """The effective settings (Node's cluster.settings): after setup_primary() the
+        defaults (exec, args, exec_argv, silent) with what was given over them."""
+        if not self.is_primary:
+            return {}
+        if not self._state.settings_set:
+            return dict(self._state.settings)
+        own = sys.orig_argv[:len(sys.orig_argv) - (len(sys.argv) - 1)]
+        options = own[1:-2] if len(own) >= 3 and own[-2] == "-m" else own[1:-1]
+        return {"exec": sys.argv[0], "args": list(sys.argv[1:]), "exec_argv": options,
+                "silent": False, **self._state.settings}
 
     @property
     def scheduling_policy(self):
@@ -92,7 +101,8 @@ class _ClusterModule(types.ModuleType):
         if "scheduling_policy" in settings:
             self.scheduling_policy = settings.pop("scheduling_policy")
         state.settings.update(settings)
-        state.emit("setup", dict(state.settings))
+        state.settings_set = True
+        state.emit("setup", self.settings)
 
     setup_master = setup_primary
 

@@ -64,9 +64,9 @@ class Worker(EventEmitter):
         return True
 
     def kill(self, signal_name="SIGTERM"):
-        """Signal the worker (name or number); it counts as an intended exit."""
+        """Signal the worker (name or number). As in Node 20 (its own tests pin it, its
+        documentation says otherwise), this leaves exited_after_disconnect false."""
         signum = signal_number(signal_name)
-        self.exited_after_disconnect = True
         if not self.is_dead():
             try:
                 os.kill(self.pid, signum)
@@ -79,13 +79,14 @@ class Worker(EventEmitter):
         """Ask the worker to close its listeners and exit once its work is done."""
         self.exited_after_disconnect = True
         if self.is_dead() or self._disconnected:
-            return
+            return self
         self.state = "disconnecting"
         self._state_owner.stop_feeding(self)
         try:
             self._channel.send_object({"cmd": "disconnect"}, KIND_CONTROL)
         except ChannelClosed:
             pass
+        return self
 
     def is_connected(self):
         return not self._disconnected and not self.is_dead()
@@ -123,6 +124,7 @@ class Primary(EventEmitter):
         self.become_worker = become_worker  # turns this (forked) process into a worker
         self.workers = {}
         self.settings = {}
+        self.settings_set = False     # setup_primary() was called
         self.next_id = 1
         self.next_listener = 1
         self.policy = check_policy(os.environ.get(ENV_POLICY, "rr"))
@@ -219,7 +221,10 @@ class Primary(EventEmitter):
         import subprocess
         argv = self.settings.get("exec")
         if argv is None:
-            argv = [sys.executable, *sys.orig_argv[1:]]
+            # This program again: its interpreter options and script (or -m module),
+            # with setup_primary(args=...) in place of its own arguments if given.
+            own = sys.orig_argv[:len(sys.orig_argv) - (len(sys.argv) - 1)]
+            argv = [sys.executable, *own[1:], *self.settings.get("args", sys.argv[1:])]
         elif isinstance(argv, str):
             argv = [sys.executable, argv, *self.settings.get("args", [])]
         return subprocess.Popen(argv, env=env, pass_fds=pass_fds,
@@ -242,6 +247,8 @@ class Primary(EventEmitter):
             for server in self.servers.values():
                 server.sock.close()
             os.environ.update(env)
+            if "args" in self.settings:  # as a spawned worker would see them
+                sys.argv[1:] = [str(arg) for arg in self.settings["args"]]
             self.become_worker()
             if target is not None:
                 target()
@@ -406,7 +413,8 @@ class Primary(EventEmitter):
             worker.ready_sources.add(source)
             worker.emit("ready", source)
             self.emit("ready", worker, source)
-        elif cmd == "disconnected":
+        elif cmd == "disconnected":  # the worker disconnected itself (or kill()ed itself)
+            worker.exited_after_disconnect = True
             self.on_disconnect(worker)
         elif cmd == "unlisten":
             self.handle_unlisten(worker, request["listener_id"])
@@ -430,6 +438,8 @@ class Primary(EventEmitter):
         if worker._disconnected:
             return
         worker._disconnected = True
+        if not worker.is_dead():
+            worker.state = "disconnected"
         self.stop_feeding(worker)
         worker.emit("disconnect")
         self.emit("disconnect", worker)

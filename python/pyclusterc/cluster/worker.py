@@ -8,6 +8,7 @@ import errno
 import os
 import queue
 import socket
+import sys
 import threading
 import types
 
@@ -47,6 +48,7 @@ class WorkerSelf(EventEmitter):
         self._disconnected = threading.Event()
         self._early_messages = []
         self._early_lock = threading.RLock()
+        self._disconnect_emitted = False
         self._reader = threading.Thread(target=self._read_loop, name="pyclusterc-channel", daemon=True)
         self._reader.start()
         channel.send_object({"cmd": "online"}, KIND_CONTROL)
@@ -55,13 +57,27 @@ class WorkerSelf(EventEmitter):
         super().on(event, callback)
         if event == "message":
             self._deliver_early()
+        elif event == "disconnect":
+            self._late_disconnect(callback)
         return self
 
     def once(self, event, callback):
         super().once(event, callback)
         if event == "message":
             self._deliver_early()
+        elif event == "disconnect":
+            self._late_disconnect(callback, once=True)
         return self
+
+    def _late_disconnect(self, callback, once=False):
+        """The reader thread may have emitted 'disconnect' just before this listener was
+        added (a disconnect right after listen()): call it now rather than never."""
+        with self._early_lock:
+            missed = self._disconnect_emitted
+        if missed:
+            if once:
+                self.off("disconnect", callback)
+            callback()
 
     def _deliver_early(self):
         # Under the lock, so a message arriving meanwhile cannot overtake these.
@@ -83,7 +99,16 @@ class WorkerSelf(EventEmitter):
         return False
 
     def kill(self, signal_name="SIGTERM"):
-        os.kill(os.getpid(), signal_number(signal_name))
+        """Node's worker-side kill(): disconnect, then exit 0 (not by the signal)."""
+        signal_number(signal_name)  # checked as the primary side checks it
+        self.disconnect()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if threading.current_thread() is threading.main_thread():
+            raise SystemExit(0)
+        os._exit(0)
+
+    destroy = kill
 
     def disconnect(self):
         """Close every listener, tell the primary, and stop talking to it."""
@@ -97,7 +122,9 @@ class WorkerSelf(EventEmitter):
         except (ChannelClosed, OSError):
             pass
         self._disconnected.set()
-        self.emit("disconnect")
+        with self._early_lock:
+            self._disconnect_emitted = True
+            self.emit("disconnect")
 
     def wait_until_disconnected_if_listening(self):
         if self._listeners:
