@@ -11,13 +11,13 @@ the loop that runs it all.
 """
 import heapq
 import os
-import signal
 import socket
 import struct
 import sys
 import time
 
 from .._lowlevel.events import EventEmitter
+from .._lowlevel.process import decode_wait_status, run_child
 from .._lowlevel.native import EAGAIN, EINTR, check, ffi, lib, os_error
 from ..ipc.channel import KIND_CONN, KIND_CONTROL, KIND_DATA, Channel, ChannelClosed, loads
 from ..shared.buffer import SharedBuffer
@@ -236,8 +236,7 @@ class Primary(EventEmitter):
         if pid:
             return pid
         # Child: become a worker of the (already imported) program, never return.
-        code = 0
-        try:
+        def become_worker_and_run():
             for fd in primary_ends:
                 os.close(fd)
             for other in self.workers.values():
@@ -256,16 +255,8 @@ class Primary(EventEmitter):
                 rerun_main()
             if self.module.is_worker:
                 self.module.worker.wait_until_disconnected_if_listening()
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-            code = 1
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+            return 0
+        run_child(become_worker_and_run)
 
     # -- listen requests from workers ----------------------------------------------
     def server_for(self, family, sockaddr, backlog):
@@ -451,10 +442,11 @@ class Primary(EventEmitter):
             status = 0
         if worker.process is not None and hasattr(worker.process, "returncode"):
             worker.process.returncode = os.waitstatus_to_exitcode(status) if status else 0
-        if os.WIFSIGNALED(status):
-            worker.signal_code = signal.Signals(os.WTERMSIG(status)).name
+        code, signal_name = decode_wait_status(status)
+        if signal_name is not None:
+            worker.signal_code = signal_name
         else:
-            worker.exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0
+            worker.exit_code = code
         self.unwatch(worker._pidfd_token)
         os.close(worker._pidfd)
         # Messages it sent before dying are delivered before 'exit' (Node's order).
