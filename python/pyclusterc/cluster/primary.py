@@ -315,11 +315,16 @@ class Primary(EventEmitter):
                 reply["socket"] = server.sock  # travels by fd: the worker accepts on it
             server.workers.add(worker.id)
         worker._channel.send_object(reply, KIND_CONTROL)
-        if reply["ok"]:
-            worker.listening.append(server.address)
-            worker.state = "listening"
-            worker.emit("listening", server.address)
-            self.emit("listening", worker, server.address)
+        # Under reuseport the worker binds its own socket after this reply: it is
+        # listening only once it says so ("bound"), not yet.
+        if reply["ok"] and self.policy != "reuseport":
+            self.on_listening(worker, server.address)
+
+    def on_listening(self, worker, address):
+        worker.listening.append(address)
+        worker.state = "listening"
+        worker.emit("listening", address)
+        self.emit("listening", worker, address)
 
     def start_feeding(self, worker):
         """Connections for the addresses it listens on may go to this worker now."""
@@ -407,6 +412,8 @@ class Primary(EventEmitter):
         elif cmd == "disconnected":  # the worker disconnected itself (or kill()ed itself)
             worker.exited_after_disconnect = True
             self.on_disconnect(worker)
+        elif cmd == "bound":
+            self.on_listening(worker, request["address"])
         elif cmd == "unlisten":
             self.handle_unlisten(worker, request["listener_id"])
 

@@ -158,6 +158,7 @@ class WorkerSelf(EventEmitter):
             listener = Listener(self, address, sock=sock)
         elif reply["policy"] == "reuseport":
             listener = Listener(self, address, sock=bind_listener(family, address, backlog, reuseport=True))
+            self._channel.send_object({"cmd": "bound", "address": address}, KIND_CONTROL)
         self._listeners[reply["listener_id"]] = listener
         return listener
 
