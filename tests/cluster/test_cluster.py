@@ -287,3 +287,40 @@ def test_serve_batches_and_accept_peers_across_two_listeners(tmp_path):
                         peer, blocking = json.loads(answer)
                         assert tuple(peer) == s.getsockname()
                         assert blocking == [True, True]  # accept() returns a blocking socket, as socket.accept()
+
+
+GUARDED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from pyclusterc import cluster
+    if cluster.is_primary:
+        cluster.setup_primary(fork=True)
+        def boom():
+            raise RuntimeError("a timer that raises")
+        cluster.call_later(0.05, boom, keep_alive=True)
+        state = {"exits": 0}
+        def on_exit(worker, code, sig):
+            state["exits"] += 1
+            print(json.dumps({"event": "exit", "n": state["exits"]}), flush=True)
+            if state["exits"] == 1:
+                cluster.fork()
+                raise ValueError("an exit handler that raises")
+        cluster.on("exit", on_exit)
+        cluster.fork()
+        cluster.run()
+        print(json.dumps({"event": "done"}), flush=True)
+    else:
+        sys.exit(0)
+""")
+
+
+def test_an_exception_in_one_callback_is_reported_and_the_loop_goes_on(tmp_path):
+    script = tmp_path / "guarded.py"
+    script.write_text(GUARDED_SCRIPT)
+    with ClusterProcess([sys.executable, str(script)]) as primary:
+        primary.wait_for("exit", n=1)
+        primary.wait_for("exit", n=2)  # the loop ran on after the handler raised
+        primary.wait_for("done")
+        assert primary.proc.wait(10) == 0
+        errors = "".join(primary.stderr)
+    assert "a timer that raises" in errors and "an exit handler that raises" in errors
+    assert errors.count("the primary goes on") == 2
