@@ -103,3 +103,11 @@ def poll(predicate, timeout=10.0, what="condition"):
 
 def wait_for_waiters(ta, index, n, timeout=10.0):
     poll(lambda: waiters(ta, index) == n, timeout, f"{n} waiter(s) on index {index}")
+
+
+@pytest.fixture
+def runtime_dir(tmp_path):
+    """A private XDG_RUNTIME_DIR: the test's control sockets live there, nobody else's."""
+    path = tmp_path / "run"
+    path.mkdir(mode=0o700)
+    return str(path)

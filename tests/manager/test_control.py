@@ -20,13 +20,6 @@ from procs import APPS, EXAMPLES, Cli, free_port, get
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.fixture
-def runtime_dir(tmp_path):
-    path = tmp_path / "run"
-    path.mkdir(mode=0o700)
-    return str(path)
-
-
 def serve(runtime_dir, target, *extra, instances=2, name="t", env=None):
     port = free_port()
     cli = Cli("run", target, "-i", instances, "-b", f"127.0.0.1:{port}", "--app-dir", APPS,

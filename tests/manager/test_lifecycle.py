@@ -19,13 +19,6 @@ from procs import APPS, Cli, free_port, get
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def runtime_dir(tmp_path):
-    path = tmp_path / "run"
-    path.mkdir(mode=0o700)
-    return str(path)
-
-
 def start(runtime_dir, target, *extra, instances=2, env=None, wait=True, prefix=()):
     port = free_port()
     cli = Cli("run", target, "-i", instances, "-b", f"127.0.0.1:{port}", "--app-dir", APPS,
@@ -87,17 +80,24 @@ APPS_UNDER_TEST = [("lifecycle_app:app", {}), ("lifecycle_app:wsgi", {"LIFECYCLE
 
 # ---- nothing dropped: keep-alive clients sending back to back, no retries -------------
 
+def command_under_load(runtime_dir, cli, *command, keep_alive=True, requests=200):
+    """Run a control command while clients send back to back; the Load, once it has
+    served `requests` more after the command returned."""
+    with Load(cli.port, clients=6 if keep_alive else 4, keep_alive=keep_alive) as load:
+        load.wait_for(requests)
+        code, out, err = ctl(runtime_dir, *command)
+        assert code == 0, err
+        done = load.ok
+        load.wait_for(done + requests)
+    return load
+
+
 @pytest.mark.parametrize("target,env", APPS_UNDER_TEST, ids=["asgi", "wsgi"])
 @pytest.mark.parametrize("sched", ["rr", "least"])
 def test_rolling_reload_under_keep_alive_load_drops_nothing(runtime_dir, target, env, sched):
     with start(runtime_dir, target, "--sched", sched, env=env) as cli:
         before = {w["pid"] for w in status(runtime_dir)["workers"]}
-        with Load(cli.port, clients=6, keep_alive=True) as load:
-            load.wait_for(200)
-            code, out, err = ctl(runtime_dir, "reload", "t")
-            assert code == 0, err
-            done = load.ok
-            load.wait_for(done + 200)
+        load = command_under_load(runtime_dir, cli, "reload", "t")
         assert load.failed == 0, load.summary()
         after = {w["pid"] for w in status(runtime_dir)["workers"]}
         assert not before & after
@@ -106,12 +106,7 @@ def test_rolling_reload_under_keep_alive_load_drops_nothing(runtime_dir, target,
 @pytest.mark.parametrize("operation", [("restart",), ("scale", 1)], ids=["restart", "scale-1"])
 def test_restart_and_scale_down_under_keep_alive_load_drop_nothing(runtime_dir, operation):
     with start(runtime_dir, "lifecycle_app:app") as cli:
-        with Load(cli.port, clients=6, keep_alive=True) as load:
-            load.wait_for(200)
-            code, out, err = ctl(runtime_dir, operation[0], *operation[1:], "t")
-            assert code == 0, err
-            done = load.ok
-            load.wait_for(done + 200)
+        load = command_under_load(runtime_dir, cli, *operation, "t")
         assert load.failed == 0, load.summary()
 
 
@@ -126,12 +121,7 @@ def test_max_requests_replacement_under_load_drops_nothing(runtime_dir):
 
 def test_new_connections_during_a_reload_are_all_served(runtime_dir):
     with start(runtime_dir, "lifecycle_app:app") as cli:
-        with Load(cli.port, clients=4, keep_alive=False) as load:
-            load.wait_for(50)
-            code, out, err = ctl(runtime_dir, "reload", "t")
-            assert code == 0, err
-            done = load.ok
-            load.wait_for(done + 50)
+        load = command_under_load(runtime_dir, cli, "reload", "t", keep_alive=False, requests=50)
         assert load.failed == 0, load.summary()
 
 
