@@ -10,7 +10,6 @@ permit persons to whom the Software is furnished to do so, subject to the follow
 conditions: The above copyright notice and this permission notice shall be included in
 all copies or substantial portions of the Software. THE SOFTWARE IS PROVIDED "AS IS",
 WITHOUT WARRANTY OF ANY KIND."""
-import json
 import sys
 import textwrap
 
