@@ -13,7 +13,7 @@ import threading
 import time
 
 from . import asgi_http
-from .options import ssl_context
+from .options import ssl_context, with_defaults
 from .responses import Date, server_headers
 
 # Exit status of a worker whose ASGI lifespan startup failed (as uvicorn's STARTUP_FAILURE).
@@ -28,6 +28,7 @@ def run(app, listeners, settings, hooks):
     kill_timeout); hooks: see the package docstring (on_stop, ready, heartbeat, slot,
     live_counts)."""
     import uvicorn
+    settings = with_defaults(settings)
     config = uvicorn.Config(
         app, lifespan="auto", interface="auto", http="httptools",
         log_level=settings.log_level,

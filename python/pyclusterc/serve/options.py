@@ -8,6 +8,7 @@ Also here, for the layer that loads the app and checks settings: ``check(setting
 import ast
 import ipaddress
 import os
+import types
 
 from .._lowlevel.options import Option, OptionError, choice, integer_range, positive_int, seconds, size, text
 
@@ -102,6 +103,15 @@ OPTIONS = (
     Option("ssl_cert_reqs", "none", "client certificates: none (default), optional, required",
            parse=choice("none", "optional", "required"), metavar="MODE", group=_TLS),
 )
+
+
+def with_defaults(settings):
+    """``settings`` with every serving option present: a caller that predates an option
+    (or a test's namespace) gets its default. Other attributes pass through."""
+    missing = {option.name: option.default for option in OPTIONS if not hasattr(settings, option.name)}
+    if not missing:
+        return settings
+    return types.SimpleNamespace(**{**vars(settings), **missing})
 
 
 def check(settings):
