@@ -3,6 +3,7 @@ tests compare it with gunicorn's expectations. ``wsgi_app`` (behind wsgiref.vali
 and ``asgi_app``; both also serve /date (the app sets its own Date), /stream (a body
 of unknown length) and /slow?s=SECONDS."""
 import json
+import os
 import time
 from wsgiref.validate import validator
 
@@ -29,6 +30,7 @@ def _wsgi(environ, start_response):
         "headers": {key: value for key, value in environ.items()
                     if key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")},
         "body": body.decode("latin-1"),
+        "pid": os.getpid(),
     }
     out = json.dumps(info).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(out)))])
@@ -78,6 +80,7 @@ async def asgi_app(scope, receive, send):
         "protocol": "HTTP/" + scope["http_version"],
         "headers": [[name.decode("latin-1"), value.decode("latin-1")] for name, value in scope["headers"]],
         "body": body.decode("latin-1"),
+        "pid": os.getpid(),
     }
     out = json.dumps(info).encode()
     await send({"type": "http.response.start", "status": 200,

@@ -36,7 +36,7 @@ def run(app, listeners, settings, hooks):
         proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=settings.kill_timeout,
         timeout_keep_alive=settings.keep_alive,
-        root_path=settings.root_path, limit_concurrency=settings.limit_concurrency,
+        root_path=settings.root_path,
         # uvicorn's own server header off: ours (or none) and --header come as headers.
         server_header=False,
         headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in server_headers(settings)],
@@ -124,6 +124,10 @@ class _Loops:
         if all_started:
             self._ready()
 
+    def requests_in_progress(self):
+        """ASGI tasks running on every loop of this worker (--limit-concurrency)."""
+        return sum(len(state.tasks) for state in list(self._states))
+
     def beat(self, index):
         self._stamps[index] = time.monotonic_ns()
         if self._heartbeat is not None:
@@ -149,6 +153,7 @@ async def _serve(config, listeners, settings, loops, index):
     loops.started()
     loop = asyncio.get_running_loop()
     serving = asgi_http.Serving(settings, loops.hand_back, Date())
+    serving.in_progress = loops.requests_in_progress
     serving.extra_headers = b"".join(b"%s: %s\r\n" % pair for pair in server_headers(settings))
 
     def stop():

@@ -44,6 +44,8 @@ class Serving:
         self.drain_grace = min(settings.keep_alive, max(0.1, (settings.kill_timeout or 1.0) / 2))
         self.hand_back = hand_back
         self.date = date
+        self.limit_concurrency = settings.limit_concurrency
+        self.in_progress = lambda: 0  # requests running in the whole worker
         self.extra_headers = b""
         self.draining = False
         self._defaults_of = None
@@ -229,8 +231,10 @@ class Protocol(HttpToolsProtocol):
             self.handle_websocket_upgrade()
             return True  # the websocket protocol has the transport now
         self.expect_100_continue = head.expect_continue
-        if self.limit_concurrency is not None and (
-                len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency):
+        limit = self.serving.limit_concurrency
+        # Requests in progress in the worker, as the WSGI server counts (uvicorn counts
+        # per loop, and open connections too, idle keep-alive ones included).
+        if limit is not None and self.serving.in_progress() >= limit:
             app = service_unavailable
             self.logger.warning("Exceeded concurrency limit.")
         else:
