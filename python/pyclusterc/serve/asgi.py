@@ -1,14 +1,20 @@
 """Serve an ASGI app in a cluster worker with uvicorn's own protocol classes.
 
-The primary hands connections over; each one becomes a uvicorn HTTP protocol instance
-(httptools, or h11 without it; websockets upgrade through uvicorn's websocket classes)
-via ``loop.connect_accepted_socket`` — the same factory ``uvicorn.Server.startup``
-builds for its own listening sockets. Lifespan startup/shutdown runs once per event
-loop: once per worker, or once per loop thread with ``--threads N``.
+The primary hands connections over; each one becomes an HTTP protocol instance —
+uvicorn's httptools protocol with pyclusterc's request reading (``serve.asgi_http``);
+websockets upgrade through uvicorn's websocket classes — via
+``loop.connect_accepted_socket``, as ``uvicorn.Server.startup`` does for its own
+listening sockets (with ``--ssl-certfile`` the worker does the TLS handshake there).
+Lifespan startup/shutdown runs once per event loop: once per worker, or once per loop
+thread with ``--threads N``.
 """
 import asyncio
 import threading
 import time
+
+from . import asgi_http
+from .options import ssl_context, with_defaults
+from .responses import Date, server_headers
 
 # Exit status of a worker whose ASGI lifespan startup failed (as uvicorn's STARTUP_FAILURE).
 LIFESPAN_FAILED = 3
@@ -22,19 +28,29 @@ def run(app, listeners, settings, hooks):
     kill_timeout); hooks: see the package docstring (on_stop, ready, heartbeat, slot,
     live_counts)."""
     import uvicorn
+    settings = with_defaults(settings)
     config = uvicorn.Config(
-        app, lifespan="auto", interface="auto",
-        log_level=settings.log_level, access_log=settings.access_log,
+        app, lifespan="auto", interface="auto", http="httptools",
+        log_level=settings.log_level,
+        access_log=settings.access_log or bool(settings.access_log_format),
         proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=settings.kill_timeout,
         timeout_keep_alive=settings.keep_alive,
+        root_path=settings.root_path,
+        # uvicorn's own server header off: ours (or none) and --header come as headers.
+        server_header=False,
+        headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in server_headers(settings)],
         loop="auto")
     config.load()
+    if settings.access_log_format:
+        asgi_http.use_access_log_format(settings.access_log_format)
     slot = hooks.slot
     if slot is not None and hooks.live_counts:
         config.loaded_app = _counting(config.loaded_app, slot)
         slot = None  # counted per request; the beat need not publish
     loops = _Loops(settings.threads or 1, hooks.heartbeat, slot, hooks.ready)
+    loops.hand_back = hooks.hand_back
+    loops.ssl = ssl_context(settings)
     hooks.on_stop(loops.stop)
     # More than one loop: each runs in its own thread with its own uvicorn server state
     # and lifespan, and takes connections only while it is not blocked, so an app that
@@ -67,6 +83,8 @@ class _Loops:
         self._stoppers = []
         self._stopping = False
         self._lock = threading.Lock()
+        self.hand_back = None   # hooks.hand_back
+        self.ssl = None         # the SSLContext with --ssl-certfile
 
     def run(self, index, config, listeners, settings):
         loop_factory = config.get_loop_factory() or asyncio.new_event_loop
@@ -106,6 +124,10 @@ class _Loops:
         if all_started:
             self._ready()
 
+    def requests_in_progress(self):
+        """ASGI tasks running on every loop of this worker (--limit-concurrency)."""
+        return sum(len(state.tasks) for state in list(self._states))
+
     def beat(self, index):
         self._stamps[index] = time.monotonic_ns()
         if self._heartbeat is not None:
@@ -130,16 +152,28 @@ async def _serve(config, listeners, settings, loops, index):
     loops.add_state(server.server_state)
     loops.started()
     loop = asyncio.get_running_loop()
-    loops.on_stop(lambda: loop.call_soon_threadsafe(setattr, server, "should_exit", True))
+    serving = asgi_http.Serving(settings, loops.hand_back, Date())
+    serving.in_progress = loops.requests_in_progress
+    serving.extra_headers = b"".join(b"%s: %s\r\n" % pair for pair in server_headers(settings))
+
+    def stop():
+        serving.draining = True  # new connections and finished responses drain too
+        server.should_exit = True
+    loops.on_stop(lambda: loop.call_soon_threadsafe(stop))
 
     def create_protocol(_loop=None):
-        return config.http_protocol_class(config=config, server_state=server.server_state,
-                                          app_state=server.lifespan.state, _loop=_loop)
+        return asgi_http.Protocol(config=config, server_state=server.server_state,
+                                  app_state=server.lifespan.state, serving=serving, _loop=_loop)
 
     # With several loops, one connection per channel read: a loop must not take a batch
     # and then block on the first of it while the other loops are free.
     batch = 1 if loops.count > 1 else None
-    tasks = [loop.create_task(_accept_loop(listener, create_protocol, batch)) for listener in listeners]
+    if loops.ssl is not None:
+        accept = [_accept_tls(listener, create_protocol, loops.ssl, settings.header_timeout)
+                  for listener in listeners]
+    else:
+        accept = [_accept_loop(listener, create_protocol, batch) for listener in listeners]
+    tasks = [loop.create_task(coro) for coro in accept]
     tasks.append(loop.create_task(_beat(loops, index)))
     try:
         await server.main_loop()
@@ -149,7 +183,6 @@ async def _serve(config, listeners, settings, loops, index):
         await asyncio.gather(*tasks, return_exceptions=True)
         for listener in listeners:
             listener.close()
-    await _let_first_requests_in(server, min(1.0, settings.kill_timeout or 1.0))
     await server.shutdown()
     return 0
 
@@ -163,18 +196,6 @@ async def _beat(loops, index):
         await asyncio.sleep(_BEAT_SECONDS)
 
 
-async def _let_first_requests_in(server, limit):
-    """uvicorn's shutdown closes every connection with no request in progress, including
-    one accepted a moment ago whose request is in flight from the client; a reload would
-    drop that request. Give such connections (no request parsed yet) `limit` seconds to
-    start one; uvicorn then lets it finish."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while loop.time() < deadline and any(getattr(conn, "cycle", True) is None
-                                         for conn in server.server_state.connections):
-        await asyncio.sleep(0.01)
-
-
 async def _accept_loop(listener, create_protocol, batch):
     while not listener.closed:
         try:
@@ -183,6 +204,29 @@ async def _accept_loop(listener, create_protocol, batch):
             if listener.closed:
                 return
             # A broken read off the channel: keep serving.
+
+
+async def _accept_tls(listener, create_protocol, context, handshake_timeout):
+    """TLS: the primary passes the raw TCP connection; the handshake happens here."""
+    loop = asyncio.get_running_loop()
+
+    async def start(sock):
+        try:
+            await loop.connect_accepted_socket(create_protocol, sock, ssl=context,
+                                               ssl_handshake_timeout=handshake_timeout or None)
+        except (OSError, asyncio.TimeoutError, ValueError):
+            sock.close()  # a failed handshake: that client's problem only
+    starting = set()
+    while not listener.closed:
+        try:
+            sock, _ = await listener.accept_async()
+        except (ValueError, OSError):
+            if listener.closed:
+                return
+            continue
+        task = loop.create_task(start(sock))
+        starting.add(task)
+        task.add_done_callback(starting.discard)
 
 
 def _counting(app, slot):

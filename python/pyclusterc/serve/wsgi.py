@@ -1,182 +1,174 @@
-"""A threaded WSGI server for cluster workers, parsing HTTP/1.1 with httptools.
+"""A threaded WSGI server for cluster workers.
 
-One acceptor thread (the worker's main thread) watches the listeners and the idle
-keep-alive connections; a connection with data to read goes to a thread of the pool,
-which reads one request, runs the app and writes the response, then hands the
-connection back (gunicorn gthread's shape). Request bodies are read fully before the
-app runs (spooled to a temporary file past 1 MiB), so ``wsgi.input`` never blocks on
-the network and chunked uploads reach the app with a CONTENT_LENGTH.
+    listeners ─► acceptor (the worker's main thread, one selector) ─────────────┐
+                 reads every connection it holds without blocking: TLS         │
+                 handshakes, request heads and bodies (serve.http1), deadlines │
+                      │ a complete request                        ▲ keep-alive │
+                      ▼                                           │ connection │
+                 pool thread: runs the app, writes the response ──┘ comes back │
+                                                                               │
+    A connection holds no thread until a whole request has arrived, so clients that
+    trickle bytes (slowloris) cost a buffer each, not a thread (gunicorn gthread's
+    shape, with the head read moved off the pool). Bodies are read fully before the
+    app runs (spooled to a temporary file past 1 MiB), so ``wsgi.input`` never blocks
+    on the network and chunked uploads reach the app with a CONTENT_LENGTH.
+
+While draining (hooks.on_stop), no connection that may hold a request is closed: a
+request in progress is answered, an idle keep-alive connection goes back to the primary
+(hooks.hand_back) or, if it cannot, waits a short grace for a request in flight, which
+is answered with ``Connection: close``.
 """
-import collections
 import os
 import queue
 import selectors
 import socket
-import sys
+import ssl
+import struct
 import tempfile
 import threading
 import time
 import traceback
-from email.utils import formatdate
-from urllib.parse import unquote_to_bytes
 
-import httptools
+from . import http1
+from .options import ssl_context, with_defaults
+from .responses import AccessLog, Date, error_response, server_headers
+from .wsgi_app import Response, build_environ
 
 DEFAULT_THREADS = 8
-LIMITS = {
-    "max_body": 100 * 1024 * 1024,   # bytes of request body -> 413
-    "max_header_bytes": 64 * 1024,   # request line + headers -> 431
-    "max_headers": 100,              # header fields -> 431
-    "keepalive_timeout": 5.0,        # idle keep-alive connection, seconds
-    "request_timeout": 30.0,         # a started request must arrive within this
-}
 _SPOOL_BYTES = 1024 * 1024
-_NO_BODY_STATUSES = (204, 304)
-
-_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Large",
-            431: b"Request Header Fields Too Large", 500: b"Internal Server Error"}
-
-
-class _Reject(Exception):
-    """A request we answer with an error status and then close."""
-
-    def __init__(self, status):
-        super().__init__(status)
-        self.status = status
+_BODY_IDLE_SECONDS = 30.0   # a body that stops arriving this long: 408
+_SEND_TIMEOUT = 30.0        # a client that does not read its response this long: closed
+_SWEEP_SECONDS = 0.2        # how often deadlines are checked
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 1 << 20
+_READ = 65536
 
 
 class _Request:
-    __slots__ = ("url", "headers", "header_bytes", "method", "version", "keep_alive", "body",
-                 "expect_continue", "headers_done")
+    __slots__ = ("head", "body", "keep_alive")
 
-    def __init__(self):
-        self.url = b""
-        self.headers = []
-        self.header_bytes = 0
-        self.method = self.version = None
-        self.keep_alive = False
+    def __init__(self, head):
+        self.head = head
         self.body = None
-        self.expect_continue = False
-        self.headers_done = False
+        self.keep_alive = head.keep_alive
 
 
 class _Connection:
-    """One client connection: its socket, its parser and the requests parsed so far."""
+    """One client connection: its socket, its reader and the requests read so far.
+    Owned by one thread at a time: the acceptor while reading, a pool thread while a
+    request runs (handed over through queues)."""
 
-    def __init__(self, sock, peer, limits):
+    def __init__(self, sock, peer, limits, now, deadline, tls=False):
         self.sock = sock
         self.peer = peer if isinstance(peer, tuple) else ("", 0)
-        self.limits = limits
-        self.parser = httptools.HttpRequestParser(self)
+        self.reader = http1.RequestReader(self, limits)
         self.current = None
-        self.complete = collections.deque()
-        self.continue_sent = False
-        self.idle_since = time.monotonic()
+        self.complete = []
+        self.continue_due = False
+        self.deadline = deadline
+        self.tls = tls
+        self.handshaking = tls
+        self.close_after = False    # draining and not handed back: answer, then close
+        self.error = None           # a status to answer once the requests before it are
+        self.linger = False         # closing: discard what the client still sends first
+        self.lingered = 0
+        self.closed = False
 
-    # -- httptools callbacks -----------------------------------------------------
-    def on_message_begin(self):
-        self.current = _Request()
-        self.continue_sent = False
-
-    def on_url(self, url):
-        self._count(len(url))
-        self.current.url += url
-
-    def on_header(self, name, value):
-        request = self.current
-        self._count(len(name) + len(value))
-        if len(request.headers) >= self.limits["max_headers"]:
-            raise _Reject(431)
-        request.headers.append((name, value))
-
-    def _count(self, n):
-        self.current.header_bytes += n
-        if self.current.header_bytes > self.limits["max_header_bytes"]:
-            raise _Reject(431)
-
-    def on_headers_complete(self):
-        request, parser = self.current, self.parser
-        request.method = parser.get_method()
-        request.version = parser.get_http_version()
-        request.keep_alive = parser.should_keep_alive()
-        request.headers_done = True
-        for name, value in request.headers:
-            lower = name.lower()
-            if lower == b"content-length" and value.strip().isdigit() \
-                    and int(value) > self.limits["max_body"]:
-                raise _Reject(413)
-            if lower == b"expect" and value.strip().lower() == b"100-continue":
-                request.expect_continue = True
+    # -- reader callbacks ---------------------------------------------------------
+    def on_head(self, head):
+        self.current = _Request(head)
+        if head.upgrade:  # no protocol switch in WSGI: answer as plain HTTP, then close
+            self.current.keep_alive = False
+        self.continue_due = head.expect_continue and (head.chunked or bool(head.content_length))
+        return False
 
     def on_body(self, data):
         request = self.current
         if request.body is None:
             request.body = tempfile.SpooledTemporaryFile(_SPOOL_BYTES)
-        if request.body.tell() + len(data) > self.limits["max_body"]:
-            raise _Reject(413)
         request.body.write(data)
 
-    def on_message_complete(self):
+    def on_end(self):
+        self.continue_due = False
         self.complete.append(self.current)
         self.current = None
 
-    # -- reading -----------------------------------------------------------------
-    def next_request(self):
-        """The next complete request, or None when the client closed or went quiet."""
-        self.sock.settimeout(self.limits["request_timeout"])
-        while not self.complete:
+    # -- socket -----------------------------------------------------------------
+    def read(self):
+        """What arrived, b"" at EOF, None when nothing is there yet (never blocks)."""
+        if not self.tls:
             try:
-                data = self.sock.recv(65536)
-            except (socket.timeout, ConnectionError):
+                return self.sock.recv(_READ, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
                 return None
-            if not data:
-                return None
-            try:
-                self.parser.feed_data(data)
-            except httptools.HttpParserCallbackError as e:
-                cause = e.__context__
-                raise cause if isinstance(cause, _Reject) else _Reject(400) from None
-            except httptools.HttpParserUpgrade:
-                # No protocol switch in WSGI: answer the request as plain HTTP, then close.
-                if self.current is not None and self.current.headers_done:
-                    self.current.keep_alive = False
-                    self.on_message_complete()
-            except httptools.HttpParserError:
-                raise _Reject(400) from None
-            request = self.current
-            if request is not None and request.expect_continue and not self.continue_sent:
-                self.continue_sent = True
-                self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        return self.complete.popleft()
-
-    def close(self):
         try:
-            self.sock.close()
-        except OSError:
+            data = self.sock.recv(_READ)
+            while self.sock.pending():
+                data += self.sock.recv(_READ)
+            return data
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None
+        except ssl.SSLError:
+            return b""
+
+    def for_pool(self):
+        if self.tls:
+            self.sock.settimeout(_SEND_TIMEOUT)
+
+    def for_acceptor(self):
+        if self.tls:
+            self.sock.settimeout(0)
+
+    def send_now(self, data):
+        """A short write from the acceptor (100 Continue, an error): never blocks."""
+        try:
+            if self.tls:
+                self.sock.send(data)
+            else:
+                self.sock.send(data, socket.MSG_DONTWAIT)
+        except (OSError, ValueError):
             pass
 
+    def wants_linger(self):
+        """Closing now could reset the connection (unread bytes make the kernel send RST,
+        and the client may lose the response): unparsed bytes, or more already here."""
+        if self.tls:
+            return False
+        if self.reader.buffer or self.error is not None:
+            return True
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return False
 
-class _Date:
-    """The Date header, formatted once per second."""
-
-    def __init__(self):
-        self.second = 0
-        self.value = b""
-
-    def header(self):
-        now = int(time.time())
-        if now != self.second:
-            self.second, self.value = now, b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
-        return self.value
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            try:
+                self.sock.close()
+            except OSError:
+                pass
 
 
 class WSGIServer:
     def __init__(self, app, listeners, settings, hooks):
         self.app = app
         self.listeners = list(listeners)
-        self.limits = {**LIMITS, "keepalive_timeout": settings.keep_alive}
+        self.limits = http1.Limits.from_settings(settings)
+        self.keep_alive = settings.keep_alive
+        self.header_timeout = settings.header_timeout or 86400.0
+        self.limit_concurrency = settings.limit_concurrency
         self.threads = settings.threads or DEFAULT_THREADS
-        self.access_log = settings.access_log
+        self.root_path = settings.root_path.encode("latin-1")
+        self.access_log = AccessLog.from_settings(settings)
+        self.extra_headers = b"".join(b"%s: %s\r\n" % (name.lower(), value) for name, value
+                                      in server_headers(settings))
+        self.ssl = ssl_context(settings)
+        self.scheme = "https" if self.ssl else "http"
+        self.drain_grace = min(settings.keep_alive, max(0.1, (settings.kill_timeout or 1.0) / 2))
+        self.hand_back = hooks.hand_back
         self.slot = hooks.slot
         self.stopping = False
         self.inflight = 0
@@ -185,7 +177,7 @@ class WSGIServer:
         self.lock = threading.Lock()
         self.returned = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.date = _Date()
+        self.date = Date()
         first = listeners[0].address if listeners else ("", 0)
         if isinstance(first, tuple):
             self.server_name, self.server_port = str(first[0]), str(first[1])
@@ -205,84 +197,222 @@ class WSGIServer:
 
     # -- the acceptor (main thread) ---------------------------------------------
     def serve(self):
-        pool = _Pool(self)
-        sel = selectors.DefaultSelector()
-        idle = {}
+        self.pool = _Pool(self)
+        self.sel = sel = selectors.DefaultSelector()
+        self.held = set()  # connections the acceptor reads
         sel.register(self.wake_r, selectors.EVENT_READ, None)
         for listener in self.listeners:
             sel.register(listener.fileno(), selectors.EVENT_READ, listener)
-
-        def start(conn):
-            with self.lock:
-                self.inflight += 1
-                busy = self.inflight
-            pool.submit(conn, busy)
-
         beat = _Progress(self)
+        next_sweep = 0.0
+        drained = False
         try:
             while True:
                 beat()
-                for key, _ in sel.select(timeout=1.0):
+                for key, _ in sel.select(timeout=_SWEEP_SECONDS):
                     data = key.data
                     if data is None:
                         self._drain_wake()
                     elif isinstance(data, _Connection):
-                        sel.unregister(key.fd)
-                        idle.pop(data, None)
-                        start(data)
+                        self._readable(data)
                     elif not self.stopping:
-                        for conn in self._accept_all(data):
-                            start(conn)
+                        self._accept_all(data)
                 while True:
                     try:
                         conn = self.returned.get_nowait()
                     except queue.Empty:
                         break
-                    if self.stopping:
-                        conn.close()
-                        continue
-                    stale = sel.get_map().get(conn.sock.fileno())
-                    if stale is not None:  # a closed listener's number, reused
-                        sel.unregister(conn.sock.fileno())
-                    conn.idle_since = time.monotonic()
-                    idle[conn] = True
-                    sel.register(conn.sock, selectors.EVENT_READ, conn)
-                if self.stopping:
-                    self._close_listeners(sel)
-                    for conn in list(idle):
-                        sel.unregister(conn.sock)
-                        conn.close()
-                    idle.clear()
+                    if conn.linger:
+                        self._linger(conn)
+                    else:
+                        self._hold(conn, time.monotonic() + self.keep_alive)
+                if self.stopping and not drained:
+                    drained = True
+                    self._close_listeners()
+                    for conn in list(self.held):
+                        self._drain(conn)
+                now = time.monotonic()
+                if now >= next_sweep:
+                    next_sweep = now + _SWEEP_SECONDS
+                    self._sweep(now)
+                if self.stopping and not self.held:
                     with self.lock:
                         if self.inflight == 0:
                             break
-                    continue
-                deadline = time.monotonic() - self.limits["keepalive_timeout"]
-                for conn in [c for c in idle if c.idle_since < deadline]:
-                    del idle[conn]
-                    sel.unregister(conn.sock)
-                    conn.close()
         finally:
-            pool.shutdown()
+            self.pool.shutdown()
+            for conn in list(self.held):
+                conn.close()
             sel.close()
             os.close(self.wake_r)
             os.close(self.wake_w)
         return 0
 
     def _accept_all(self, listener):
-        conns = []
-        while len(conns) < 64:
+        now = time.monotonic()
+        for _ in range(64):
             try:
                 sock, peer = listener.accept(timeout=0)  # blocking sockets, as socket.accept()
             except (TimeoutError, BlockingIOError, InterruptedError, ValueError, OSError):
-                break
-            conns.append(_Connection(sock, peer, self.limits))
-        return conns
+                return
+            try:
+                # A client that stops reading its response fails the send, not the thread.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                                struct.pack("ll", int(_SEND_TIMEOUT), 0))
+                if self.ssl is not None:
+                    sock = self.ssl.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                    sock.settimeout(0)
+            except (OSError, ValueError):
+                sock.close()
+                continue
+            conn = _Connection(sock, peer, self.limits, now, now + self.header_timeout,
+                               tls=self.ssl is not None)
+            self._hold(conn, conn.deadline)
+            if conn.handshaking:
+                self._handshake(conn)
 
-    def _close_listeners(self, sel):
+    def _hold(self, conn, deadline):
+        """The acceptor reads this connection from now on."""
+        if conn.closed:
+            return
+        conn.for_acceptor()
+        conn.deadline = deadline
+        fd = conn.sock.fileno()
+        if fd in self.sel.get_map():  # a closed listener's or connection's number, reused
+            self.sel.unregister(fd)
+        self.sel.register(fd, selectors.EVENT_READ, conn)
+        self.held.add(conn)
+        if self.stopping and not conn.linger:
+            self._drain(conn)
+
+    def _linger(self, conn):
+        """Close after the client has read the response: half-close, then discard what
+        it still sends (a body we refused, a request after a close) until it closes,
+        for at most _LINGER_SECONDS / _LINGER_BYTES (Apache's lingering close)."""
+        conn.linger = True
+        conn.lingered = 0
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            conn.close()
+            return
+        if conn not in self.held:
+            self._hold(conn, 0.0)
+        conn.deadline = time.monotonic() + _LINGER_SECONDS
+
+    def _release(self, conn):
+        self.held.discard(conn)
+        try:
+            self.sel.unregister(conn.sock.fileno())
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def _drop(self, conn):
+        self._release(conn)
+        conn.close()
+
+    def _handshake(self, conn):
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.sel.modify(conn.sock.fileno(), selectors.EVENT_READ, conn)
+            return
+        except ssl.SSLWantWriteError:
+            self.sel.modify(conn.sock.fileno(), selectors.EVENT_WRITE, conn)
+            return
+        except (ssl.SSLError, OSError):
+            self._drop(conn)
+            return
+        conn.handshaking = False
+        self.sel.modify(conn.sock.fileno(), selectors.EVENT_READ, conn)
+        self._readable(conn)  # the client may have sent its request with the handshake
+
+    def _readable(self, conn):
+        if conn.handshaking:
+            self._handshake(conn)
+            return
+        if conn.linger:
+            data = conn.read()
+            if data is not None:
+                conn.lingered += len(data)
+                if not data or conn.lingered > _LINGER_BYTES:
+                    self._drop(conn)
+            return
+        reader = conn.reader
+        was_idle = reader.idle
+        data = conn.read()
+        if data is None:
+            return
+        if not data:
+            self._drop(conn)  # the client closed (a partial request is abandoned)
+            return
+        try:
+            reader.feed(data)
+        except http1.HTTPError as e:
+            self._release(conn)
+            if conn.complete:  # answer the complete requests first, then the error
+                conn.error = e.status
+                self._start(conn)
+                return
+            conn.send_now(error_response(e.status, self.date.header(), self.extra_headers))
+            if conn.tls:
+                conn.close()
+            else:
+                self._linger(conn)
+            return
+        now = time.monotonic()
+        if conn.continue_due:
+            conn.continue_due = False
+            conn.send_now(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if conn.complete:
+            self._release(conn)
+            self._start(conn)
+        elif not reader.idle:
+            if was_idle:
+                conn.deadline = now + self.header_timeout   # the whole head, from its first byte
+            elif reader.head is not None and conn.current is not None:
+                conn.deadline = now + _BODY_IDLE_SECONDS    # a body: while it progresses
+
+    def _start(self, conn):
+        with self.lock:
+            busy = self.inflight
+            self.inflight += 1
+        if self.limit_concurrency is not None and busy >= self.limit_concurrency:
+            with self.lock:
+                self.inflight -= 1
+            conn.send_now(error_response(503, self.date.header(), self.extra_headers))
+            conn.close()
+            return
+        conn.for_pool()
+        self.pool.submit(conn, busy + 1)
+
+    def _drain(self, conn):
+        """Stopping: an idle connection goes back to the primary; if it cannot, it waits
+        drain_grace for a request already in flight (answered with Connection: close).
+        A connection with a request in progress reads on."""
+        if conn.handshaking or conn.linger or not conn.reader.idle or conn.close_after:
+            return
+        if not conn.tls:
+            try:
+                handed = self.hand_back(conn.sock)
+            except Exception:  # noqa: BLE001 - the channel is gone: fall back to the grace
+                handed = False
+            if handed:
+                self._drop(conn)  # our copy only: the connection lives on in a new worker
+                return
+        conn.close_after = True
+        conn.deadline = min(conn.deadline, time.monotonic() + self.drain_grace)
+
+    def _sweep(self, now):
+        for conn in [c for c in self.held if c.deadline <= now]:
+            if not conn.reader.idle and not conn.linger and not conn.handshaking:
+                conn.send_now(error_response(408, self.date.header(), self.extra_headers))
+            self._drop(conn)
+
+    def _close_listeners(self):
         for listener in self.listeners:
             try:
-                sel.unregister(listener.fileno())
+                self.sel.unregister(listener.fileno())
             except (KeyError, ValueError, OSError):
                 pass
             listener.close()
@@ -295,21 +425,18 @@ class WSGIServer:
         except BlockingIOError:
             pass
 
-    # -- a pool thread: one request (or a pipelined batch) --------------------------
+    # -- a pool thread: the requests read so far on one connection ------------------
     def _handle(self, conn):
         keep = False
         try:
-            while True:
-                try:
-                    request = conn.next_request()
-                except _Reject as e:
-                    self._send_error(conn, e.status)
+            while conn.complete:
+                request = conn.complete.pop(0)
+                keep = self._respond(conn, request)
+                if not keep:
                     break
-                if request is None:
-                    break
-                keep = self._respond(conn, request) and not self.stopping
-                if not keep or not conn.complete:
-                    break
+            if keep and conn.error is not None:
+                self._send_error(conn, conn.error)
+                keep = False
         except OSError:
             keep = False
         except Exception:  # noqa: BLE001 - a server bug must not kill the worker
@@ -319,74 +446,31 @@ class WSGIServer:
             with self.lock:
                 self.inflight -= 1
                 self.finished += 1
-            if keep:
+            if keep and not conn.reader.stopped:
                 self.returned.put(conn)
+            elif conn.wants_linger():
+                conn.linger = True
+                self.returned.put(conn)
+                keep = True
             else:
                 conn.close()
             if keep or self.stopping:
                 self._wake()
 
     def _send_error(self, conn, status):
-        body = _REASONS[status]
         try:
-            conn.sock.sendall(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
-                              b"connection: close\r\n%s\r\n%s"
-                              % (status, body, len(body), self.date.header(), body))
-        except OSError:
+            conn.sock.sendall(error_response(status, self.date.header(), self.extra_headers))
+        except (OSError, ValueError):
             pass
-
-    def environ(self, conn, request):
-        path, _, query = request.url.partition(b"?")
-        path = path.partition(b"#")[0]
-        if path.startswith(b"http://") or path.startswith(b"https://"):  # absolute-form
-            path = b"/" + path.split(b"/", 3)[3] if path.count(b"/") >= 3 else b"/"
-        body = request.body
-        length = 0
-        if body is not None:
-            length = body.tell()
-            body.seek(0)
-        else:
-            body = _EMPTY_INPUT
-        environ = {
-            "REQUEST_METHOD": request.method.decode("latin-1"),
-            "SCRIPT_NAME": "",
-            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
-            "QUERY_STRING": query.decode("latin-1"),
-            "SERVER_NAME": self.server_name,
-            "SERVER_PORT": self.server_port,
-            "SERVER_PROTOCOL": f"HTTP/{request.version}",
-            "REMOTE_ADDR": str(conn.peer[0]),
-            "REMOTE_PORT": str(conn.peer[1]),
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
-            "wsgi.input": body,
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": True,
-            "wsgi.run_once": False,
-            "wsgi.input_terminated": True,
-        }
-        for name, value in request.headers:
-            key = name.decode("latin-1").upper().replace("-", "_")
-            value = value.decode("latin-1")
-            if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
-                environ[key] = value
-                continue
-            if key == "TRANSFER_ENCODING" or key == "EXPECT":
-                continue  # already acted on: the body is whole, the 100 was sent
-            key = "HTTP_" + key
-            environ[key] = environ[key] + "," + value if key in environ else value
-        if body is not _EMPTY_INPUT or "CONTENT_LENGTH" in environ:
-            environ["CONTENT_LENGTH"] = str(length)
-        return environ
 
     def _respond(self, conn, request):
         """Run the app for one request; True if the connection can be kept open."""
-        environ = self.environ(conn, request)
-        response = _Response(conn, request, self)
+        environ = build_environ(self, conn, request)
+        response = Response(conn, request, self)
         slot = self.slot
         if slot is not None:
             slot.request_started()
+        started = time.monotonic() if self.access_log else 0.0
         try:
             result = self.app(environ, response.start_response)
             try:
@@ -414,8 +498,7 @@ class WSGIServer:
             if request.body is not None:
                 request.body.close()
         if self.access_log:
-            print(f'{environ["REMOTE_ADDR"]} - "{environ["REQUEST_METHOD"]} {environ["PATH_INFO"]} '
-                  f'{environ["SERVER_PROTOCOL"]}" {response.status_code}', flush=True)
+            self.access_log.wsgi(environ, response.status, response.sent, time.monotonic() - started)
         return response.keep_alive
 
 
@@ -476,112 +559,10 @@ class _Progress:
             server.heartbeat()
 
 
-class _EmptyInput:
-    def read(self, size=-1):
-        return b""
-
-    def readline(self, size=-1):
-        return b""
-
-    def readlines(self, hint=-1):
-        return []
-
-    def __iter__(self):
-        return iter(())
-
-
-_EMPTY_INPUT = _EmptyInput()
-
-
-class _Response:
-    """start_response, the write callable and the framing of one response."""
-
-    def __init__(self, conn, request, server):
-        self.conn = conn
-        self.request = request
-        self.server = server
-        self.status = None
-        self.status_code = 0
-        self.headers = None
-        self.headers_sent = False
-        self.chunked = False
-        self.keep_alive = request.keep_alive and not server.stopping
-        self.no_body = request.method == b"HEAD"
-
-    def start_response(self, status, headers, exc_info=None):
-        if exc_info:
-            try:
-                if self.headers_sent:
-                    raise exc_info[1].with_traceback(exc_info[2])
-            finally:
-                exc_info = None
-        elif self.status is not None:
-            raise AssertionError("start_response() called twice without exc_info")
-        self.status = status
-        self.status_code = int(status[:3])
-        self.headers = headers
-        return self.write
-
-    def _head(self, body_length):
-        """The status line and headers; body_length None = not known in advance."""
-        if self.status is None:
-            raise AssertionError("the WSGI app returned without calling start_response()")
-        lines = [b"HTTP/1.1 ", self.status.encode("latin-1"), b"\r\n"]
-        has_length = False
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower == "content-length":
-                has_length = True
-            elif lower == "connection":
-                if value.lower() == "close":
-                    self.keep_alive = False
-                continue
-            elif lower == "transfer-encoding":
-                continue  # we frame the body ourselves
-            lines += [name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
-        bodiless = self.status_code < 200 or self.status_code in _NO_BODY_STATUSES
-        if not has_length and not bodiless:
-            if body_length is not None:
-                lines.append(b"content-length: %d\r\n" % body_length)
-            elif self.request.version == "1.1":
-                self.chunked = True
-                lines.append(b"transfer-encoding: chunked\r\n")
-            else:
-                self.keep_alive = False  # HTTP/1.0 without a length: the close ends it
-        if bodiless or self.no_body:
-            self.chunked = False
-        lines.append(self.server.date.header())
-        if not self.keep_alive:
-            lines.append(b"connection: close\r\n")
-        elif self.request.version == "1.0":
-            lines.append(b"connection: keep-alive\r\n")
-        lines.append(b"\r\n")
-        self.headers_sent = True
-        return b"".join(lines)
-
-    def whole(self, body):
-        """A response whose whole body is known: one send, with a Content-Length."""
-        head = self._head(len(body))
-        self.conn.sock.sendall(head if self.no_body else head + body)
-
-    def write(self, data):
-        out = b"" if self.headers_sent else self._head(None)
-        if data and not self.no_body:
-            out += (b"%x\r\n%s\r\n" % (len(data), data)) if self.chunked else data
-        if out:
-            self.conn.sock.sendall(out)
-
-    def finish(self):
-        if not self.headers_sent:
-            self.conn.sock.sendall(self._head(0))
-        elif self.chunked:
-            self.conn.sock.sendall(b"0\r\n\r\n")
-
-
 def run(app, listeners, settings, hooks):
     """Serve until hooks.on_stop fires and in-flight requests are done; returns 0.
     The app was imported before this is called, so the worker is ready at once."""
-    server = WSGIServer(app, listeners, settings, hooks)
+    server = WSGIServer(app, listeners, with_defaults(settings), hooks)
     hooks.on_stop(server.stop)
     hooks.ready()
     return server.serve()

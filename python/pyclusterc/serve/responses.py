@@ -1,0 +1,90 @@
+"""What both servers add to responses: the Date line, the server header and
+``--header`` entries, error responses, and the access log line."""
+import os
+import time
+from email.utils import formatdate
+
+SERVER = b"pyclusterc"
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Large",
+            414: b"URI Too Long", 431: b"Request Header Fields Too Large",
+            500: b"Internal Server Error", 501: b"Not Implemented", 503: b"Service Unavailable"}
+
+
+class Date:
+    """The Date header line, formatted once per second."""
+
+    def __init__(self):
+        self.second = 0
+        self.value = b""
+
+    def header(self):
+        now = int(time.time())
+        if now != self.second:
+            self.second, self.value = now, b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self.value
+
+
+def server_headers(settings):
+    """(name, value) bytes pairs added to every response: server (unless
+    --no-server-header, or a --header names one) and the --header entries."""
+    extra = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in settings.header]
+    if settings.server_header and not any(name.lower() == b"server" for name, _ in extra):
+        extra.insert(0, (b"server", SERVER))
+    return extra
+
+
+def error_response(status, date_line, extra_headers=b""):
+    """A complete response for a request we refuse, then close."""
+    body = _REASONS.get(status, b"Error")
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n%s%s\r\n%s" % (status, body, len(body), date_line, extra_headers, body))
+
+
+class _Atoms(dict):
+    """gunicorn's access log atoms; unknown ones and {name}i headers of absent fields
+    are '-'."""
+
+    def __missing__(self, key):
+        if key.startswith("{") and key.endswith("}i"):
+            return self.headers.get(key[1:-2].lower(), "-")
+        return "-"
+
+
+class AccessLog:
+    """One line per request, gunicorn's atoms (``%(h)s %(r)s %(s)s ...``); without a
+    format, the line pyclusterc always printed."""
+
+    DEFAULT = '%(h)s - "%(m)s %(U)s %(H)s" %(S)s'
+
+    def __init__(self, fmt):
+        self.fmt = fmt or self.DEFAULT
+
+    @classmethod
+    def from_settings(cls, settings):
+        if settings.access_log_format or settings.access_log:
+            return cls(settings.access_log_format)
+        return None
+
+    def line(self, client, method, path, query, protocol, status, sent, seconds, headers):
+        atoms = _Atoms(
+            h=client, l="-", u="-", m=method, U=path, q=query, H=protocol,
+            r=f"{method} {path}{'?' + query if query else ''} {protocol}",
+            s=str(status)[:3], S=str(status)[:3], B=str(sent), b=str(sent) if sent else "-",
+            t=time.strftime("[%d/%b/%Y:%H:%M:%S %z]"), T=str(int(seconds)),
+            D=str(int(seconds * 1e6)), M=str(int(seconds * 1e3)), L=f"{seconds:.6f}",
+            p=f"<{os.getpid()}>")
+        atoms.headers = headers
+        atoms["f"] = headers.get("referer", "-")
+        atoms["a"] = headers.get("user-agent", "-")
+        try:
+            return self.fmt % atoms
+        except (TypeError, ValueError, KeyError):
+            return self.DEFAULT % atoms
+
+    def wsgi(self, environ, status, sent, seconds):
+        headers = {key[5:].lower().replace("_", "-"): value for key, value in environ.items()
+                   if key.startswith("HTTP_")}
+        print(self.line(environ["REMOTE_ADDR"], environ["REQUEST_METHOD"],
+                        environ["SCRIPT_NAME"] + environ["PATH_INFO"], environ["QUERY_STRING"],
+                        environ["SERVER_PROTOCOL"], status, sent, seconds, headers), flush=True)

@@ -1,0 +1,19 @@
+#
+# This file is part of gunicorn released under the MIT license.
+# See the NOTICE for more information.
+
+from gunicorn.config import Config
+
+cfg = Config()
+cfg.set("proxy_protocol", True)
+
+request = {
+    "method": "GET",
+    "uri": uri("/no/proxy/header"),
+    "version": (1, 1),
+    "headers": [
+        ("HOST", "example.com"),
+        ("CONTENT-LENGTH", "0")
+    ],
+    "body": b""
+}
