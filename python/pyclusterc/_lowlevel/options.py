@@ -72,9 +72,12 @@ class Option:
         """One line: what was wrong and what is accepted. A parser's own message that
         already starts with "invalid" is complete as it is."""
         reason = str(error)
+        name = self.name.replace("_", "-")
+        if reason.startswith("invalid choice"):  # names the value, not the setting
+            return f"invalid {where} {name}: {reason}"
         if reason.startswith("invalid"):
             return reason if where == "setting" else f"{where.rsplit(':', 1)[0]}: {reason}"
-        return f"invalid {where} {self.name.replace('_', '-')} {value!r}: {reason}"
+        return f"invalid {where} {name} {value!r}: {reason}"
 
 
 # ---- parsers: each takes a flag's text (or a file's native value) ------------------------

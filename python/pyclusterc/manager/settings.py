@@ -83,9 +83,10 @@ OPTIONS = (
            "killed (default 1.6, PM2's; '1600ms' also works)", parse=seconds, metavar="SECONDS",
            file_types=(int, float)),
     *SERVE_OPTIONS,
-    Option("listen_timeout", 3.0, "how long a new worker may take to become ready (its app started, "
+    Option("listen_timeout", 30.0, "how long a new worker may take to become ready (its app started, "
            "or pyclusterc.ready() with --wait-ready); on reload, a worker not ready by then aborts "
-           "the reload (default 3)", parse=seconds, metavar="SECONDS", group=_PM, file_types=(int, float)),
+           "the reload and the old ones keep serving (default 30: PM2's 3 s moves on without "
+           "readiness, this rolls back, so it waits for slow starts)", parse=seconds, metavar="SECONDS", group=_PM, file_types=(int, float)),
     Option("wait_ready", False, "a worker is ready when it calls pyclusterc.ready() (after its app "
            "started), not when its app started", group=_PM),
     Option("max_restarts", 16, "stop after N crashes in a row, each before --min-uptime (default 16)",
