@@ -484,9 +484,10 @@ def reload(store, name, log_flags=(), timeout=60.0):
 
 
 def delete(store, name):
-    message = stop(store, name)
+    was = inspect(store, name)["state"]
+    stop(store, name)
     store.remove(name)
-    return message.replace("stopped", "stopped and deleted").replace("already", "deleted; was")
+    return f"{name}: deleted" + (" (stopped first)" if was in ("online", "launching") else "")
 
 
 def save(store):
