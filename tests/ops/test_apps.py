@@ -3,9 +3,11 @@ ready and exits (the terminal is gone); the apps serve on; list, logs, reload, s
 save/resurrect, delete; a killed primary shows as errored; a failing app's own error."""
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -177,14 +179,20 @@ def test_logs_follow(home):
     follower = subprocess.Popen([sys.executable, "-m", "pyclusterc.cli.apps", "logs", "f", "--follow",
                                  "--lines", "0"], stdout=subprocess.PIPE, text=True, env=home.env,
                                 start_new_session=True)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(l) for l in follower.stdout], daemon=True).start()
     try:
-        time.sleep(0.5)  # the follower notes the current ends of the files
-        get(port, "/followed?x=1")
-        deadline = time.monotonic() + 20
-        line = ""
-        while "/followed" not in line and time.monotonic() < deadline:
-            line = follower.stdout.readline()
-        assert "/followed" in line and line.startswith("f | ")
+        # Requests until one shows up: the follower may still be starting when the first is made.
+        deadline = time.monotonic() + 30
+        seen = None
+        while seen is None and time.monotonic() < deadline:
+            get(port, "/followed?x=1")
+            try:
+                line = lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            seen = line if "/followed" in line else None
+        assert seen is not None and seen.startswith("f | "), seen
     finally:
         os.killpg(follower.pid, signal.SIGKILL)
         follower.wait(10)
