@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from procs import APPS, EXAMPLES, free_port, get, pid_alive
+from procs import APPS, EXAMPLES, Cli, free_port, get, pid_alive
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -196,3 +196,14 @@ def test_logs_follow(home):
     finally:
         os.killpg(follower.pid, signal.SIGKILL)
         follower.wait(10)
+
+
+def test_list_shows_foreground_clusters_too(home):
+    port = free_port()
+    with Cli("run", "plain_wsgi:app", "-i", 1, "-b", f"127.0.0.1:{port}", "--name", "fg", "--app-dir", APPS,
+             env={"XDG_RUNTIME_DIR": str(home.runtime), "PYCLUSTERC_HOME": str(home.home)}) as cli:
+        cli.wait_line("ready, 1 workers")
+        row = home.listing()["fg"]
+        assert row["state"] == "online" and row["app"] is False and row["workers"] == 1
+        assert "fg: a foreground `pyclusterc run`" in home.ok("list")
+        assert "saved 0 app(s)" in home.ok("save")  # save records background apps only

@@ -189,6 +189,7 @@ def format_list(rows):
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in table]
     lines += [f"{r['name']}: {r['state']}: {r['reason']}" for r in rows if r["state"] == "errored" and r["reason"]]
+    lines += [f"{r['name']}: a foreground `pyclusterc run` (not a background app)" for r in rows if not r["app"]]
     return "\n".join(lines)
 
 

@@ -400,6 +400,28 @@ def inspect(store, name):
     return result
 
 
+def _foreground(store):
+    """Clusters started with `pyclusterc run --name N` (not apps) whose control socket
+    answers: listed too, so `list` shows every cluster of the user."""
+    control = _control()
+    apps = set(store.names())
+    try:
+        sockets = sorted(f[:-5] for f in os.listdir(control.socket_dir()) if f.endswith(".sock"))
+    except OSError:
+        return []
+    found = []
+    for name in sockets:
+        if name in apps:
+            continue
+        try:
+            status = control.request(name, "status", timeout=2.0)
+        except control.ControlError:
+            continue  # a stale socket of a primary that exited
+        found.append({"name": name, "state": "online", "pid": status["pid"], "status": status,
+                      "reason": None, "target": status.get("target"), "cwd": None, "app": False})
+    return found
+
+
 def _pids(info):
     status = info.get("status") or {}
     return [info["pid"], *(w["pid"] for w in status.get("workers", ()))] if info["pid"] else []
@@ -408,7 +430,7 @@ def _pids(info):
 def list_apps(store, sample=0.3):
     """inspect() for every app, plus cpu (% of one core, all its processes), memory
     (bytes, RSS of all), workers, uptime, restarts and requests/s over ``sample`` seconds."""
-    infos = [inspect(store, name) for name in store.names()]
+    infos = [inspect(store, name) for name in store.names()] + _foreground(store)
     before = {info["name"]: (_cpu(_pids(info)), _requests(info)) for info in infos}
     t0 = time.monotonic()
     if sample and any(info["state"] == "online" for info in infos):
@@ -427,6 +449,7 @@ def list_apps(store, sample=0.3):
         online = info["state"] == "online"
         rows.append({
             "name": info["name"], "state": info["state"], "pid": info["pid"], "reason": info["reason"],
+            "app": info.get("app", True),  # False: a foreground `pyclusterc run`
             "target": info["target"], "workers": len(status.get("workers", ())) if online else 0,
             "uptime": status.get("uptime") if online else None,
             "restarts": status.get("restarts", 0) if online else None,
@@ -503,7 +526,7 @@ def delete(store, name):
 
 def save(store):
     """Record the apps online now; returns their names."""
-    specs = [store.spec(row["name"]) for row in list_apps(store, sample=0) if row["state"] == "online"]
+    specs = [store.spec(name) for name in store.names() if inspect(store, name)["state"] == "online"]
     _write_json(store.dump_path, {"apps": specs, "saved": time.time()})
     return [s["name"] for s in specs]
 

@@ -19,6 +19,7 @@ What the caller (the ProcessManager) must do:
   mutates): wrap it with ``loop_snapshot(call_soon_threadsafe, primary.status)``, which
   runs it on the loop thread and waits (bounded) for the result — e.g. with the primary's
   ``Timers``: ``loop_snapshot(lambda cb: timers.call_later(0, cb), self.status)``.
+- The setting is ``OPTIONS`` below (``metrics_bind``, flag ``--metrics-bind``).
 - ``server = MetricsServer(snapshot, "127.0.0.1:9100")`` then ``server.start()`` once
   the listeners are bound (``MetricsError`` — one line — for a bad address or a port in
   use); ``server.address`` is the bound (host, port) (port 0 picks one).
@@ -37,17 +38,33 @@ import os
 import threading
 
 from prometheus_client import CollectorRegistry, generate_latest
+
+from .._lowlevel.options import Option
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-__all__ = ["ClusterCollector", "MetricsServer", "MetricsError", "loop_snapshot", "parse_bind",
+__all__ = ["OPTIONS", "ClusterCollector", "MetricsServer", "MetricsError", "loop_snapshot", "parse_bind",
            "process_cpu_seconds", "process_rss", "render"]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-class MetricsError(Exception):
+class MetricsError(ValueError):
     """A bad --metrics-bind, or one that cannot be bound: one line."""
+
+
+def _bind_option(value):
+    try:
+        parse_bind(value)
+    except MetricsError as e:
+        raise ValueError(str(e).split(": ", 1)[1]) from None
+    return value
+
+
+OPTIONS = (
+    Option("metrics_bind", None, "serve Prometheus metrics on HOST:PORT (/metrics), from the primary",
+           parse=_bind_option, metavar="HOST:PORT"),
+)
 
 
 def process_cpu_seconds(pid):
