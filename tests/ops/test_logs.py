@@ -175,6 +175,6 @@ def test_bad_input_is_one_line(tmp_path):
         LogSink(log_file=str(tmp_path / "no" / "dir" / "x.log"))
     options = {o.name: o for o in OPTIONS}
     assert options["log_max_size"].convert("10M") == 10 << 20
-    with pytest.raises(OptionError, match="log-format 'xml'.*use one of text, json"):
+    with pytest.raises(OptionError, match="'xml'.*use one of text, json"):
         options["log_format"].convert("xml")
     assert options["log_time"].negatable and options["log_time"].default is True

@@ -97,22 +97,20 @@ def _seconds(text):
 
 # ---- run's flags ---------------------------------------------------------------------------
 
-def _run_parser():
-    from . import build_parser  # lazily: cli/__init__ may import this module
-    parser = build_parser()
-    for action in parser._subparsers._group_actions:  # argparse has no public accessor
-        if "run" in getattr(action, "choices", {}):
-            return action.choices["run"]
-    raise RuntimeError("the CLI has no run command")
-
-
-def _run_flags(run_parser):
-    return set(run_parser._option_string_actions)  # argparse has no public accessor
+def _run_flags():
+    """Every flag `run` accepts, from the settings' one definition each."""
+    from ..manager.settings import OPTIONS
+    flags = {"--config"}
+    for option in OPTIONS:
+        flags.update(option.dest_flags)
+        if option.negatable:
+            flags.add("--no-" + option.name.replace("_", "-"))
+    return flags
 
 
 def _check_run_argv(argv, label):
     """Parse with run's own parser: the same one-line errors `pyclusterc run` gives."""
-    from . import build_parser
+    from .parser import build_parser
     try:
         build_parser().parse_args(["run", *argv])
     except SystemExit:
@@ -133,7 +131,7 @@ def cmd_start(store, args):
     items = list(args.args)
     if not items:
         raise _Usage("missing TARGET or FILE: pyclusterc start module:app [run's options] | start FILE [--only NAME]")
-    run_flags = _run_flags(_run_parser())
+    run_flags = _run_flags()
     first = items[0]
     if first.endswith(".toml") and os.path.isfile(first):
         only = []
