@@ -43,9 +43,20 @@ def runtime(tmp_path):
     return str(path)
 
 
-def serve(runtime, *extra, target="plain_wsgi:app", env=None):
+ENV_APP = """
+import json, os
+
+
+def app(environ, start_response):
+    body = json.dumps(dict(os.environ)).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def serve(runtime, *extra, target="plain_wsgi:app", env=None, app_dir=APPS):
     port = free_port()
-    cli = Cli("run", target, "-i", 2, "-b", f"127.0.0.1:{port}", "--app-dir", APPS, "--name", "w", *extra,
+    cli = Cli("run", target, "-i", 2, "-b", f"127.0.0.1:{port}", "--app-dir", app_dir, "--name", "w", *extra,
               env={"PYTHONPATH": EXAMPLES, "XDG_RUNTIME_DIR": runtime, **(env or {})})
     cli.port = port
     return cli
@@ -75,13 +86,14 @@ def test_sd_notify_ready_reload_stop(runtime, tmp_path):
             if set(fields) - {"STATUS", "WATCHDOG"}:
                 return when, fields
     try:
-        with serve(runtime, env={"NOTIFY_SOCKET": path}) as cli:
+        (tmp_path / "envapp.py").write_text(ENV_APP)
+        with serve(runtime, target="envapp:app", app_dir=tmp_path, env={"NOTIFY_SOCKET": path}) as cli:
             _, ready = next_state()
             assert ready.get("READY") == "1" and "2" in ready.get("STATUS", ""), ready
             assert get(cli.port)[0] == 200  # READY=1 means serving
             assert any("ready, 2 workers" in line for line in cli.stdout)
-            env = json.loads(get(cli.port, "/environ")[2])
-            assert "NOTIFY_SOCKET" not in env  # the workers do not inherit it
+            env = json.loads(get(cli.port)[2])
+            assert "NOTIFY_SOCKET" not in env and "PYTHONPATH" in env  # the workers do not inherit it
             cli.proc.send_signal(signal.SIGHUP)
             _, reloading = next_state()
             assert reloading.get("RELOADING") == "1" and int(reloading["MONOTONIC_USEC"]) > 0
