@@ -8,8 +8,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pyclusterc.manager import control
-from pyclusterc.manager.metrics import (MetricsError, MetricsServer, loop_snapshot, parse_bind,
-                                        process_cpu_seconds, render)
+from pyclusterc.manager.metrics import (LoopBridge, MetricsError, MetricsServer, loop_snapshot,
+                                        parse_bind, process_cpu_seconds, render)
 from procs import APPS, EXAMPLES, Cli, free_port, get
 
 pytestmark = pytest.mark.timeout(60)
@@ -96,6 +96,42 @@ def test_server_thread_and_loop_snapshot():
     stuck = loop_snapshot(lambda callback: None, status, timeout=0.1)
     with pytest.raises(TimeoutError):
         stuck()
+
+
+def test_loop_bridge_runs_status_on_the_loop_thread():
+    """A selector loop on its own thread stands in for the primary's: status() must run
+    there, never on the scraper's thread."""
+    import selectors
+    import threading
+    selector = selectors.DefaultSelector()
+    stop = threading.Event()
+    ran_on = []
+    registered = threading.Event()
+    bridges = []
+
+    def loop():
+        bridges.append(LoopBridge(lambda fd, cb: selector.register(fd, selectors.EVENT_READ, cb)))
+        registered.set()
+        while not stop.is_set():
+            for key, _ in selector.select(0.1):
+                key.data()
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        assert registered.wait(5)
+
+        def loop_status():
+            ran_on.append(threading.get_ident())
+            return status()
+        snapshot = loop_snapshot(bridges[0].call_soon_threadsafe, loop_status)
+        got = samples(render(snapshot).decode())
+        assert got[("pyclusterc_workers", (("cluster", "web"),))] == 2
+        assert ran_on == [thread.ident]
+    finally:
+        stop.set()
+        thread.join(5)
+        bridges[0].close(lambda key: selector.unregister(key.fd))
+        selector.close()
 
 
 def test_bad_bind_is_one_line():

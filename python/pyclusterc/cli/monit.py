@@ -15,7 +15,7 @@ What the caller (the CLI) must do:
 - ``status NAME [--json]``: ``print(status_text(name, as_json=args.json))`` — it samples
   CPU over 0.25 s, so the CPU column is current, not a lifetime average.
 - Elsewhere: ``run_monit(status_source, log_source, interval)`` with any callables:
-  ``status_source()`` returns the status dict (``Primary.status()`` shape) or raises;
+  ``status_source()`` returns the status dict (``ProcessManager.status()`` shape) or raises;
   ``log_source()`` returns the list of new log lines since the last call.
 """
 import collections

@@ -4,7 +4,7 @@
                                  │             one daemon thread, never the primary's loop)
                                  ▼
                          ClusterCollector.collect()
-                                 │  snapshot()  -> the status dict (Primary.status() shape)
+                                 │  snapshot()  -> the status dict (ProcessManager.status())
                                  ▼
                Gauge/Counter/Histogram families  ->  prometheus_client's text exposition
 
@@ -15,10 +15,12 @@ ids land), never the pid, so a series survives reloads and restarts.
 What the caller (the ProcessManager) must do:
 
 - Pass a ``snapshot`` callable that is **safe to call from another thread** and returns
-  the status dict. ``Primary.status()`` itself is not (it iterates dicts the loop
-  mutates): wrap it with ``loop_snapshot(call_soon_threadsafe, primary.status)``, which
-  runs it on the loop thread and waits (bounded) for the result — e.g. with the primary's
-  ``Timers``: ``loop_snapshot(lambda cb: timers.call_later(0, cb), self.status)``.
+  the status dict. ``ProcessManager.status()`` itself is not (it iterates dicts the loop
+  mutates, and the cluster loop's ``call_later`` is loop-thread only): in the loop thread,
+  make ``bridge = LoopBridge(cluster.watch_fd)`` (a pipe the loop watches) and pass
+  ``loop_snapshot(bridge.call_soon_threadsafe, manager.status)``, which runs ``status()``
+  on the loop thread and waits (bounded, 2 s) for it. ``bridge.close(cluster.unwatch_fd)``
+  at stop; a preloaded (forked) worker closes ``bridge.fds()``.
 - The setting is ``OPTIONS`` below (``metrics_bind``, flag ``--metrics-bind``).
 - ``server = MetricsServer(snapshot, "127.0.0.1:9100")`` then ``server.start()`` once
   the listeners are bound (``MetricsError`` — one line — for a bad address or a port in
@@ -42,7 +44,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from .._lowlevel.options import Option
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-__all__ = ["OPTIONS", "ClusterCollector", "MetricsServer", "MetricsError", "loop_snapshot", "parse_bind",
+__all__ = ["OPTIONS", "ClusterCollector", "MetricsServer", "MetricsError", "LoopBridge", "loop_snapshot", "parse_bind",
            "process_cpu_seconds", "process_rss", "render"]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -84,6 +86,50 @@ def process_rss(pid):
             return int(f.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return None
+
+
+class LoopBridge:
+    """Runs callbacks on a loop thread on behalf of other threads: they queue the callback
+    and write a byte to a pipe whose read end the loop watches (``watch(fd, callback)``,
+    called on the loop thread)."""
+
+    def __init__(self, watch):
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._lock = threading.Lock()
+        self._queue = []
+        self.token = watch(self._read, self._run)
+
+    def call_soon_threadsafe(self, callback):
+        with self._lock:
+            self._queue.append(callback)
+        try:
+            os.write(self._write, b"x")
+        except BlockingIOError:  # the pipe is full: the loop is already due to wake
+            pass
+
+    def _run(self):
+        try:
+            while os.read(self._read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._lock:
+            callbacks, self._queue = self._queue, []
+        for callback in callbacks:
+            callback()
+
+    def fds(self):
+        return [self._read, self._write]
+
+    def close(self, unwatch=None):
+        if unwatch is not None and self.token is not None:
+            unwatch(self.token)
+            self.token = None
+        for fd in self.fds():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def loop_snapshot(call_soon_threadsafe, status, timeout=2.0):
