@@ -13,6 +13,7 @@ import time
 import pytest
 
 from procs import APPS, EXAMPLES, Cli, free_port, get, pid_alive
+from apphome import home  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.timeout(120)
 

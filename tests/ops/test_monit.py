@@ -16,6 +16,7 @@ import pytest
 
 from pyclusterc.cli.monit import CpuMeter, LogTail, _sparkline, format_status, render, status_json
 from procs import free_port, get
+from apphome import home  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -10,6 +10,7 @@ import pytest
 from pyclusterc.manager.systemd import (SystemdError, enable_commands, exec_quote, render_unit,
                                         unit_name, write_units)
 from procs import APPS, free_port
+from apphome import home  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.timeout(90)
 

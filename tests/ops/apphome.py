@@ -1,5 +1,7 @@
-"""Fixtures for the operations tests: a private state directory and runtime directory per
-test, and every background app's session killed at the end, whatever the test did."""
+"""The `home` fixture of the operations tests: a private state directory and runtime
+directory per test, and every background app's session killed at the end, whatever the
+test did. (Not a conftest.py: tests/shared imports `conftest` by that name.) Use it with
+`from apphome import home`."""
 import json
 import os
 import signal
