@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""What logging every request costs: `pyclusterc run` with the access log on vs off,
+keep-alive req/s with wrk, side by side in one run.
+
+    python bench/bench_ops.py            # writes bench/results/ops.json, prints a table
+    python bench/bench_ops.py --quick    # 2 s runs, one round, prints only
+
+Same load for each: 2 workers, `wrk -t1 -c32` keep-alive, hello world (ASGI and WSGI).
+The cluster's output goes to a file in both modes, as a background app's does. Runs in
+rounds (default 3), each with the modes in a new shuffled order; the figure is the median
+of the per-round on/off ratios (the machine is small and shared: ratios within a round
+are steadier than absolute numbers). The issue's budget: the access log (and, later, the
+latency histogram) cost at most 5% of keep-alive req/s.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_serve import EXAMPLES, PY, free_port, wait_ready  # noqa: E402 - the shared helpers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def modes(port):
+    base = {"asgi": ["hello_asgi:app"], "wsgi": ["hello_wsgi:app"]}
+    out = {}
+    for kind, target in base.items():
+        argv = [PY, "-m", "pyclusterc", "run", *target, "-i", "2", "-b", f"127.0.0.1:{port}"]
+        out[(kind, "access log off")] = argv
+        out[(kind, "access log on")] = argv + ["--access-log"]
+    return out
+
+
+def wrk(port, seconds):
+    argv = ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Socket errors: (.*)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "socket_errors": errors.group(1).strip() if errors else None,
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def measure(argv, port, seconds, log_dir):
+    log_path = os.path.join(log_dir, f"out-{port}.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, cwd=EXAMPLES, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        wait_ready(port, proc)
+        wrk(port, 1)  # warm up
+        result = wrk(port, seconds)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(10)
+    with open(log_path, "rb") as f:
+        result["log_lines"] = sum(1 for _ in f)
+    os.unlink(log_path)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 s runs, one round, no file written")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench_ops: wrk is not installed (apt-get install wrk)")
+    rounds, seconds = (1, 2) if args.quick else (args.rounds, args.seconds)
+    names = list(modes(0))
+    per_round = []
+    with tempfile.TemporaryDirectory(prefix="bench-ops-") as log_dir:
+        for index in range(rounds):
+            order = names[:]
+            random.shuffle(order)
+            results = {}
+            for name in order:
+                port = free_port()
+                results[name] = measure(modes(port)[name], port, seconds, log_dir)
+                print(f"round {index + 1} {name[0]} {name[1]}: {results[name]['rps']:.0f} req/s "
+                      f"({results[name]['log_lines']} log lines, errors {results[name]['socket_errors']})",
+                      flush=True)
+            per_round.append(results)
+    summary = {}
+    for kind in ("asgi", "wsgi"):
+        off = [r[(kind, "access log off")]["rps"] for r in per_round]
+        on = [r[(kind, "access log on")]["rps"] for r in per_round]
+        ratios = [a / b for a, b in zip(on, off)]
+        summary[kind] = {"off_rps": statistics.median(off), "on_rps": statistics.median(on),
+                         "on_over_off": round(statistics.median(ratios), 3),
+                         "cost_percent": round((1 - statistics.median(ratios)) * 100, 1)}
+    print(f"\n{'interface':<10} {'log off req/s':>14} {'log on req/s':>13} {'on/off':>7} {'cost':>6}")
+    for kind, s in summary.items():
+        print(f"{kind:<10} {s['off_rps']:>14.0f} {s['on_rps']:>13.0f} {s['on_over_off']:>7.3f} "
+              f"{s['cost_percent']:>5.1f}%")
+    if args.quick:
+        return
+    path = os.path.join(ROOT, "bench", "results", "ops.json")
+    with open(path, "w") as f:
+        json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                   "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+                   "load": f"wrk -t1 -c32 keep-alive, {seconds} s, 2 workers, hello world, output to a file",
+                   "rounds": [{f"{k} / {m}": v for (k, m), v in r.items()} for r in per_round],
+                   "summary": summary}, f, indent=1)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
