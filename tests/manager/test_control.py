@@ -41,8 +41,8 @@ def status_rows(runtime_dir, name="t"):
     code, out, err = ctl(runtime_dir, "status", name)
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[1].split() == ["id", "pid", "state", "uptime", "restarts", "requests", "in-flight", "rss"]
-    return [dict(zip(("id", "pid", "state", "uptime", "restarts", "requests", "inflight"), line.split()))
+    assert lines[1].split() == ["id", "pid", "state", "cpu", "uptime", "restarts", "requests", "in-flight", "rss"]
+    return [dict(zip(("id", "pid", "state", "cpu", "uptime", "restarts", "requests", "inflight"), line.split()))
             for line in lines[2:]]
 
 
@@ -73,7 +73,7 @@ def test_status_metrics_and_socket_permissions(runtime_dir):
         code, out, _ = ctl(runtime_dir, "metrics", "t")
         assert code == 0
         samples = dict(re.findall(r"^(pyclusterc_\w+\{[^}]*\}) (\S+)$", out, re.M))
-        assert samples['pyclusterc_workers{cluster="t"}'] == "2"
+        assert float(samples['pyclusterc_workers{cluster="t"}']) == 2
         requests = [float(v) for k, v in samples.items() if k.startswith("pyclusterc_worker_requests_total")]
         assert len(requests) == 2 and sum(requests) >= 10
         assert "# TYPE pyclusterc_worker_resident_memory_bytes gauge" in out
@@ -89,7 +89,7 @@ def test_status_metrics_and_socket_permissions(runtime_dir):
 def open_connections(runtime_dir, name="t"):
     code, out, err = ctl(runtime_dir, "metrics", name)
     assert code == 0, err
-    return sum(int(v) for v in re.findall(r"^pyclusterc_worker_open_connections\{[^}]*\} (\S+)$", out, re.M))
+    return sum(float(v) for v in re.findall(r"^pyclusterc_worker_open_connections\{[^}]*\} (\S+)$", out, re.M))
 
 
 @pytest.mark.parametrize("target", ["hello_asgi:app", "plain_wsgi:app"])

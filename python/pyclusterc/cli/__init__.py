@@ -24,9 +24,15 @@ def run_command(args):
     from .. import cluster
     from ..manager import binding, settings as run_settings
     from ..manager.process import ProcessManager
+    from ..manager.logs import LogSink
     from ..manager.relay import OutputRelay
     from ..manager.worker import worker_main
     settings = run_settings.resolve(run_flags(args), config_path=args.config)
+    relay = OutputRelay()
+    relay.sink = sink = LogSink.from_options(settings, stdout=relay.out, stderr=relay.err)
+
+    def say(text, error=False):
+        sink.primary_line("error" if error else "info", f"pyclusterc: {'error: ' if error else ''}{text}")
     os.environ.update(run_settings.env_dict(settings))
     cluster.scheduling_policy = settings.sched
     check_importable(settings.target, settings.app_dir)
@@ -41,15 +47,17 @@ def run_command(args):
         importlib.import_module("encodings.idna")
         gc.freeze()  # keep the imported objects' pages shared after fork
         settings = dataclasses.replace(settings, interface=interface)
-    say = lambda text: print(f"pyclusterc: {text}", flush=True)  # noqa: E731
     try:
         addresses = binding.bind_all(settings.bind, settings.sched, settings.interface == "script", say=say)
     except OSError as e:
         raise UsageError(str(e)) from None
     settings = dataclasses.replace(settings, addresses=addresses)
-    manager = ProcessManager(settings, relay=OutputRelay())
-    manager.worker_target = lambda: worker_main(settings, app, interface,
-                                                close_fds=manager.primary_only_fds())
+    manager = ProcessManager(settings, relay=relay, say=say)
+
+    def worker_entry():  # in each forked worker
+        sink.forget_in_child()
+        worker_main(settings, app, interface, close_fds=manager.primary_only_fds())
+    manager.worker_target = worker_entry
     manager.start()
     return manager.run()
 
@@ -57,18 +65,23 @@ def run_command(args):
 def control_command(args):
     """status | reload | restart | scale N | stop | monit | metrics [NAME]."""
     from ..manager import control
-    from . import output
+    from . import apps, monit
+    if args.command in ("stop", "restart", "reload") and args.name is not None and (
+            args.name == "all" or apps.is_app(args.name)):
+        return apps.handle(args)  # a background app: its record follows too
     name = control.resolve_name(args.name)
     if args.command == "monit":
         try:
-            output.monit(name, args.interval, args.once)
+            monit.main(name, args.interval, args.once)
         except KeyboardInterrupt:
             pass
         return 0
     if args.command == "status":
-        print(output.format_status(control.request(name, "status", timeout=10.0)))
+        print(monit.status_text(name, as_json=args.json))
     elif args.command == "metrics":
-        sys.stdout.write(output.format_metrics(control.request(name, "metrics", timeout=10.0)))
+        from ..manager.metrics import render
+        reply = control.request(name, "metrics", timeout=10.0)
+        sys.stdout.write(render(lambda: reply).decode())
     else:
         fields = {"count": args.count} if args.command == "scale" else {}
         # These answer when done: every worker replaced, or the primary gone.
@@ -83,6 +96,9 @@ def main(argv=None):
         args = parser.parse_args(argv)
         if args.command == "run":
             return run_command(args)
+        from . import apps
+        if apps.handles(args.command):
+            return apps.handle(args)
         return control_command(args)
     except ControlError as e:
         print(f"pyclusterc: error: {e}", file=sys.stderr)

@@ -61,11 +61,11 @@ def run_flags(args):
 
 CONTROL_COMMANDS = (
     ("status", "show the workers of a running cluster"),
-    ("reload", "replace every worker, one at a time, without dropping a request"),
-    ("restart", "replace every worker at once"),
-    ("stop", "stop a running cluster gracefully"),
+    ("reload", "replace every worker, one at a time, without dropping a request (NAME|all)"),
+    ("restart", "replace every worker at once (NAME|all)"),
+    ("stop", "stop a running cluster or background app gracefully (NAME|all)"),
     ("metrics", "print a running cluster's metrics in Prometheus text format"),
-    ("monit", "show the status table, refreshed, until Ctrl-C"),
+    ("monit", "a live view: workers with CPU and memory, requests/s, the log tail; q quits"),
     ("scale", "set the worker count of a running cluster"),
 )
 
@@ -107,6 +107,10 @@ def build_parser():
             sub.add_argument("--interval", type=_interval, default=1.0, metavar="SECONDS",
                              help="refresh period (default 1)")
             sub.add_argument("--once", action="store_true", help="print the table once and exit")
+        if command == "status":
+            sub.add_argument("--json", action="store_true", help="the status as JSON")
+    from . import apps
+    apps.add_commands(commands)  # start, list/ls, delete, save, resurrect, logs, startup
     return parser
 
 

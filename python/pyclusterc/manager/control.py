@@ -8,7 +8,7 @@ metrics, when the work is done for reload, restart, scale and stop.
 
 The primary side never blocks its loop: the listening socket and each accepted client
 are watched by the cluster loop and read without blocking. The presentation of replies
-(tables, Prometheus text, monit) is the CLI's: ``cli/output.py``.
+(tables, monit) is the CLI's: ``cli/monit.py``; Prometheus text is ``manager/metrics.py``.
 """
 import errno
 import json

@@ -64,6 +64,7 @@ OPTIONS = (
 )
 
 _DEFAULTS = {option.name: option.default for option in OPTIONS}
+_ABANDONED = []  # a forked worker's copies of the primary's streams: kept, never flushed
 _BY_NAME = {option.name: option for option in OPTIONS}
 _LOGGERS = ("pyclusterc.worker.stdout", "pyclusterc.worker.stderr", "pyclusterc.primary")
 
@@ -147,6 +148,7 @@ class LogSink:
                  log_config=None, log_max_size=None, log_backups=5, stdout=None, stderr=None,
                  level=logging.INFO):
         self._owned = []      # streams we opened, closed with the sink
+        self._fds = []        # fds of our streams and files (a forked worker closes them)
         self._installed = []  # (logger, handler) pairs to remove on close
         self.files = [p for p in (log_file, error_log_file) if p]
         self.loggers = {name: logging.getLogger(name) for name in _LOGGERS}
@@ -186,9 +188,12 @@ class LogSink:
         if path:
             try:
                 if max_size:
-                    return logging.handlers.RotatingFileHandler(path, maxBytes=max_size,
-                                                                backupCount=max(1, backups), encoding="utf-8")
-                return logging.FileHandler(path, encoding="utf-8")
+                    handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_size,
+                                                                   backupCount=max(1, backups), encoding="utf-8")
+                else:
+                    handler = logging.FileHandler(path, encoding="utf-8")
+                self._fds.append(handler.stream.fileno())
+                return handler
             except OSError as e:
                 raise LogConfigError(f"cannot open log file {path!r}: {e.strerror}") from None
         if stream is None:
@@ -197,6 +202,8 @@ class LogSink:
         else:
             owned = False
         if isinstance(stream, int):
+            if owned:
+                self._fds.append(stream)
             stream = open(stream, "w", encoding="utf-8", errors="replace", buffering=1, closefd=owned)
             self._owned.append(stream)
         return logging.StreamHandler(stream)
@@ -223,8 +230,11 @@ class LogSink:
             except OSError as e:
                 self.primary_line("error", f"pyclusterc: cannot reopen {handler.baseFilename}: {e.strerror}")
                 continue
+            self._fds.append(new.fileno())
             old = handler.setStream(new)  # flushes the old stream under the handler's lock
             if old is not None and old is not new:
+                if old.fileno() in self._fds:
+                    self._fds.remove(old.fileno())
                 old.close()
 
     def _file_handlers(self):
@@ -236,6 +246,28 @@ class LogSink:
                 if isinstance(handler, logging.FileHandler) and handler not in seen:
                     seen.append(handler)
         return seen
+
+    def forget_in_child(self):
+        """In a forked worker, first thing: let go of the primary's handlers without
+        touching their streams. Another thread of the primary (the relay) may have held a
+        stream's buffer lock at the fork; flushing or closing it here — as a dictConfig
+        in the app or in uvicorn does with every handler — would block forever. The
+        objects are kept (never freed: freeing would flush), their fds closed."""
+        for logger, handler in self._installed:
+            logger.removeHandler(handler)
+            stream = getattr(handler, "stream", None)
+            if stream is not None:
+                _ABANDONED.append(stream)
+                handler.stream = None  # flush() and close() skip a handler without a stream
+        self._installed.clear()
+        _ABANDONED.extend(self._owned)
+        self._owned = []
+        for fd in self._fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = []
 
     def close(self):
         closed = set()

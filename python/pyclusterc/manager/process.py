@@ -60,7 +60,7 @@ class ProcessManager:
     and ``relay`` can be replaced, as the unit tests do with fakes."""
 
     def __init__(self, settings, *, cluster=None, clock=time.monotonic, relay=None,
-                 worker_target=None, say=None, control=True):
+                 worker_target=None, say=None, control=True, notifier=None):
         if cluster is None:
             from .. import cluster
         self.cluster = cluster
@@ -83,6 +83,11 @@ class ProcessManager:
         self.control = None
         self.fork_failures = 0
         self.signals = None
+        self.metrics = self.bridge = None
+        if notifier is None:
+            from .sdnotify import Notifier
+            notifier = Notifier.from_environ()  # before any fork: workers must not inherit it
+        self.notifier = notifier
 
     @staticmethod
     def _say(message, error=False):
@@ -100,6 +105,8 @@ class ProcessManager:
         c.on("error", self.on_loop_error)
         if self.use_control:
             self.start_control()
+        if getattr(self.settings, "metrics_bind", None):
+            self.start_metrics()
         self.watch_signals()
         c.setup_primary(fork=True, feed_after_ready=True, target=self.worker_target)
         for index in range(self.wanted):
@@ -109,6 +116,20 @@ class ProcessManager:
                  f"{s.sched}) for {s.target} [{s.name}]")
         c.call_later(_CHECK_PERIOD, self.check_limits)
         c.call_later(s.listen_timeout, self.warn_if_not_ready)
+        if self.notifier.watchdog_interval():
+            self.watchdog()
+
+    def watchdog(self):
+        """WATCHDOG=1 while the loop runs (systemd's WatchdogSec): a stuck primary is restarted."""
+        self.notifier.watchdog()
+        self.cluster.call_later(self.notifier.watchdog_interval(), self.watchdog)
+
+    def start_metrics(self):
+        from .metrics import LoopBridge, MetricsServer, loop_snapshot
+        self.bridge = LoopBridge(self.cluster.watch_fd)
+        self.metrics = MetricsServer(loop_snapshot(self.bridge.call_soon_threadsafe, self.status),
+                                     self.settings.metrics_bind).start()
+        self.say(f"metrics on http://{self.metrics.address[0]}:{self.metrics.address[1]}/metrics")
 
     def run(self):
         """The primary's loop, until stopped. Returns the exit status (0, or 1 after an
@@ -133,6 +154,10 @@ class ProcessManager:
                          "error": self.app_error and self.app_error[0]})
             if self.control is not None:
                 self.control.close()
+            if self.metrics is not None:
+                self.metrics.close()
+                self.bridge.close(self.cluster.unwatch_fd)
+            self.notifier.close()
         return code
 
     def reload(self, respond=None):
@@ -162,6 +187,7 @@ class ProcessManager:
                 record.handle.kill("SIGKILL")
             return
         self.stopping = True
+        self.notifier.stopping()
         self.cancel_jobs()
         for record in self.records.values():
             if record.state != "gone":
@@ -250,6 +276,8 @@ class ProcessManager:
             fds.append(self.control.fileno())
         if self.relay is not None:
             fds += self.relay.fds()
+        if self.metrics is not None:
+            fds += [self.metrics.fileno(), *self.bridge.fds()]
         return fds
 
     # -- workers ------------------------------------------------------------------------
@@ -308,8 +336,13 @@ class ProcessManager:
             return None
         self.jobs.append(job)
         if len(self.jobs) == 1:
-            job.start()
+            self.start_job(job)
         return job
+
+    def start_job(self, job):
+        if isinstance(job, Replace) and self.announced:
+            self.notifier.reloading()
+        job.start()
 
     def cancel_jobs(self):
         jobs, self.jobs = self.jobs, []
@@ -320,7 +353,13 @@ class ProcessManager:
         if self.jobs and self.jobs[0] is job:
             self.jobs.pop(0)
             if self.jobs and not self.stopping:
-                self.jobs[0].start()
+                self.start_job(self.jobs[0])
+            elif self.announced and not self.stopping:
+                self.notifier.ready(self.status_line())
+
+    def status_line(self):
+        serving = len(self.serving_records())
+        return f"{serving} of {self.wanted} workers serving"
 
     # -- cluster events ---------------------------------------------------------------------
     def on_loop_error(self, exc, what):
@@ -387,6 +426,7 @@ class ProcessManager:
             if serving >= self.wanted:
                 self.announced = True
                 self.say(f"ready, {serving} workers ready")
+                self.notifier.ready(self.status_line())
 
     def warn_if_not_ready(self):
         if self.announced or self.stopping:

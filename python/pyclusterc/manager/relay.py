@@ -1,8 +1,10 @@
 """The output relay: each worker's stdout and stderr are pipes the primary reads on a
 thread of its own, writing each line with the worker's label in front ("[2] started").
 
-    fork_with_pipes(fork) ─► fds 1, 2 of the child = fresh pipes ─► selector thread
-        ─► whole lines ─► write_lines(label, stream, lines) (the primary's stdout/stderr)
+    fork(fork, label) ─► fds 1, 2 of the child = fresh pipes ─► selector thread
+        ─► whole lines ─► sink.worker_line(label, "stdout" | "stderr", line)  (manager/logs.py:
+           timestamps, the worker id, files, JSON) — or, without a sink, "[label] line"
+           to the primary's own stdout/stderr
 
 Every pipe end is closed on every path: when a fork fails, and when a worker's pipes
 reach EOF (its exit)."""
@@ -26,6 +28,7 @@ class OutputRelay:
         self.wakeup = WakeupPipe()
         self.selector.register(self.wakeup.fileno(), selectors.EVENT_READ, None)
         self.pending = {}
+        self.sink = None  # a logs.LogSink, set before the first fork
         self.lock = threading.Lock()
         self.stopping = False
         self.thread = threading.Thread(target=self._run, name="pyclusterc-output", daemon=True)
@@ -59,11 +62,10 @@ class OutputRelay:
             raise
         os.close(out_w)
         os.close(err_w)
-        prefix = f"[{label}] ".encode()
         with self.lock:
-            for fd, target in ((out_r, self.out), (err_r, self.err)):
+            for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
                 self.pending[fd] = b""
-                self.selector.register(fd, selectors.EVENT_READ, (prefix, target))
+                self.selector.register(fd, selectors.EVENT_READ, (label, stream))
         self.wakeup.wake()
         return worker
 
@@ -73,7 +75,7 @@ class OutputRelay:
                 if key.data is None:
                     self.wakeup.drain()
                     continue
-                prefix, target = key.data
+                label, stream = key.data
                 try:
                     data = os.read(key.fd, 65536)
                 except OSError:
@@ -84,14 +86,28 @@ class OutputRelay:
                         self.selector.unregister(key.fd)
                     os.close(key.fd)
                     if rest:
-                        self._write(target, prefix + rest + b"\n")
+                        self._lines(label, stream, [rest])
                     continue
                 lines = (self.pending[key.fd] + data).split(b"\n")
                 self.pending[key.fd] = lines.pop()
                 if lines:
-                    self._write(target, b"".join(prefix + line + b"\n" for line in lines))
+                    self._lines(label, stream, lines)
             if self.stopping and len(self.selector.get_map()) == 1:
                 return
+
+    def _lines(self, label, stream, lines):
+        if self.sink is not None:
+            for line in lines:
+                self.sink.worker_line(label, stream, line)
+            return
+        prefix = f"[{label}] ".encode()
+        self._write(self.out if stream == "stdout" else self.err,
+                    b"".join(prefix + line + b"\n" for line in lines))
+
+    def reopen(self):
+        """USR1: log files are opened again by name (logrotate moved them)."""
+        if self.sink is not None:
+            self.sink.reopen()
 
     @staticmethod
     def _write(fd, data):
@@ -106,3 +122,5 @@ class OutputRelay:
         self.stopping = True
         self.wakeup.wake()
         self.thread.join(timeout)
+        if self.sink is not None:
+            self.sink.close()

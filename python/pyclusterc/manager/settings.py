@@ -16,6 +16,8 @@ from .._lowlevel.cpus import usable_cpus
 from .._lowlevel.options import (Option, OptionError, choice, count, seconds, size, text)
 from ..cluster import SCHEDULING_POLICIES
 from ..serve.options import OPTIONS as SERVE_OPTIONS
+from .logs import OPTIONS as LOG_OPTIONS
+from .metrics import OPTIONS as METRICS_OPTIONS
 
 __all__ = ["OPTIONS", "RunSettings", "ConfigError", "resolve", "load_file", "resolve_instances",
            "default_name", "INTERFACES"]
@@ -103,6 +105,8 @@ OPTIONS = (
     Option("timeout", 30.0, "kill and replace a worker whose loop made no progress for this long "
            "(default 30; 0 turns it off)", parse=seconds, metavar="SECONDS", group=_PM,
            file_types=(int, float)),
+    *LOG_OPTIONS,
+    *METRICS_OPTIONS,
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
