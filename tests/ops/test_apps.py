@@ -2,6 +2,7 @@
 ready and exits (the terminal is gone); the apps serve on; list, logs, reload, stop,
 save/resurrect, delete; a killed primary shows as errored; a failing app's own error."""
 import json
+import re
 import os
 import queue
 import signal
@@ -88,7 +89,7 @@ def test_ecosystem_lifecycle(home, tmp_path):
     assert os.getsid(keeper) == keeper and os.getsid(home.record("web")["pid"]) == keeper  # its own session
 
     text = home.ok("logs", "web", "--lines", "50")
-    assert "web | pyclusterc: ready, 2 workers" in text
+    assert re.search(r"^web \| \S+ \[primary\] pyclusterc: ready, 2 workers", text, re.M), text  # stamped
     assert sum("GET /" in line for line in text.splitlines()) >= 5, text  # the access log lines
     limited = home.ok("logs", "web", "--lines", "2").splitlines()
     assert len([l for l in limited if l.startswith("web |")]) == 2
