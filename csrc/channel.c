@@ -63,6 +63,10 @@ int pc__channel_prepare(struct msghdr *msg, struct pc__outmsg *out, uint32_t kin
     struct cmsghdr *cmsg;
     msg->msg_control = out->cmsg.buf;
     msg->msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+    /* CMSG_SPACE pads past CMSG_LEN: zero it all, so no stack bytes go to the
+     * kernel uninitialised (valgrind: "sendmsg(msg.msg_control) points to
+     * uninitialised byte(s)"). */
+    memset(out->cmsg.buf, 0, msg->msg_controllen);
     cmsg = CMSG_FIRSTHDR(msg);
     cmsg->cmsg_level = SOL_SOCKET;
     cmsg->cmsg_type = SCM_RIGHTS;
@@ -236,7 +240,7 @@ int pc_channel_recv_conns(int fd, struct pc_conn_msg *conns, int *fds, int max) 
     struct cmsghdr align;
     char buf[CMSG_SPACE(sizeof(int))];
   } cmsg[PC_CHANNEL_RECV_CONNS_MAX];
-  int i, n, got = 0, malformed = 0;
+  int i, n, got = 0, malformed = 0, eof = 0;
 
   if (conns == NULL || fds == NULL || max < 1 || max > PC_CHANNEL_RECV_CONNS_MAX) return -EINVAL;
   for (i = 0; i < max; i++) {
@@ -249,14 +253,19 @@ int pc_channel_recv_conns(int fd, struct pc_conn_msg *conns, int *fds, int max) 
   while (n < 0 && (errno == EINTR || errno == ECONNRESET));
   if (n < 0) return errno == EWOULDBLOCK ? -EAGAIN : -errno;
 
-  /* Move the good ones to the front, in order. A receive of 0 bytes is EOF
-   * (recvmmsg reads EOF again for the rest of the vector): the connections before
-   * it are returned now, the EOF on the next call. */
+  /* Move the good ones to the front, in order. A receive of 0 bytes is EOF or an
+   * empty datagram (which we never send): look at every entry all the same, so
+   * that the fds of entries after it are delivered or closed, never leaked. An
+   * EOF is reported only when no connection came with it (then on the next call
+   * otherwise, recvmmsg reading it again). */
   for (i = 0; i < n; i++) {
     int received[PC_CHANNEL_MAX_FDS], nreceived = 0;
     int rc = check_received(fd, &msgs[i].msg_hdr, msgs[i].msg_len, &headers[i], &conns[i],
                             sizeof conns[i], received, &nreceived);
-    if (rc == 1) return got;
+    if (rc == 1) {
+      eof = 1;
+      continue;
+    }
     if (rc == 0 && headers[i].kind != PC_MSG_CONN) {
       /* only connections travel on this channel: drop anything else */
       close_fds(received, nreceived);
@@ -269,7 +278,9 @@ int pc_channel_recv_conns(int fd, struct pc_conn_msg *conns, int *fds, int max) 
     if (got != i) conns[got] = conns[i];
     fds[got++] = received[0];
   }
-  return got > 0 ? got : malformed ? -EBADMSG : -EAGAIN;
+  if (got > 0) return got;
+  if (eof) return 0;
+  return malformed ? -EBADMSG : -EAGAIN;
 }
 
 static int wait_for(int fd, short events, int64_t timeout_ns) {

@@ -8,9 +8,10 @@
  *   - a store + notify can never fall between a waiter's check and its sleep
  *     (the waiter compared under the lock, the notifier scans under the lock);
  *   - "ok" means a notify counted this waiter, never a spurious wake-up.
- * Waiters spin briefly on their slot before sleeping: on a two-core machine the
- * notifier usually arrives within microseconds, and a futex round trip costs tens.
- * A notifier only makes the wake syscall for a waiter that went to sleep.
+ * Waiters spin on their slot before sleeping while spinning pays (spin.c: not
+ * with one usable CPU, and per cell as recent waits say): on two free CPUs the
+ * notifier usually arrives within microseconds, and a futex round trip costs
+ * tens. A notifier only makes the wake syscall for a waiter that went to sleep.
  */
 #include "region.h"
 #include "pc_shared.h"
@@ -21,25 +22,15 @@
 
 #define LOCK_SPIN 200
 
+/* The table lock is the core's one futex lock (sync.c): robust, so a process
+ * killed while holding it (a SIGKILL in the few instructions it is held) does not
+ * wedge every later wait and notify on the region. */
 static void table_lock(struct pc_region_header *h) {
-  uint32_t c = 0;
-  int i;
-  for (i = 0; i < LOCK_SPIN; i++) {
-    c = 0;
-    if (atomic_compare_exchange_weak(&h->lock, &c, 1)) return;
-    pc__cpu_relax();
-  }
-  /* Drepper's "Futexes are tricky" mutex #3: 2 marks "someone may sleep". */
-  if (c != 2) c = atomic_exchange(&h->lock, 2);
-  while (c != 0) {
-    pc__futex_wait(&h->lock, 2, -1); /* EINTR: just look again, the hold is short */
-    c = atomic_exchange(&h->lock, 2);
-  }
+  while (pc__lock(&h->lock, -1, LOCK_SPIN) == -EINTR)
+    ; /* the hold is short: look again, the caller's handlers run after */
 }
 
-static void table_unlock(struct pc_region_header *h) {
-  if (atomic_exchange(&h->lock, 0) == 2) pc__futex_wake(&h->lock, 1);
-}
+static void table_unlock(struct pc_region_header *h) { pc__unlock(&h->lock); }
 
 static int cell_equals(void *cell, int width, int64_t expected) {
   if (width == 8) return atomic_load((_Atomic int64_t *)cell) == expected;
@@ -124,13 +115,17 @@ int pc_wait_block(void *header, int slot, int64_t timeout_ns, uint32_t spin) {
   struct pc_region_header *h = header;
   struct pc_waiter *w;
   int64_t deadline = pc__deadline(timeout_ns);
-  uint32_t expected = PC_WAITER_WAITING, i;
+  uint32_t expected = PC_WAITER_WAITING, i, budget;
+  const void *cell;
   if (slot < 0 || slot >= PC_WAITER_SLOTS) return -EINVAL;
   w = &h->waiters[slot];
+  cell = (const char *)h + PC_REGION_HEADER_SIZE + w->byte_offset; /* the history's key */
   if (timeout_ns == 0) spin = 0;
-  for (i = 0; i < spin && atomic_load_explicit(&w->state, memory_order_relaxed) ==
-                              PC_WAITER_WAITING; i++)
+  budget = pc__spin_budget(cell, spin);
+  for (i = 0; i < budget && atomic_load_explicit(&w->state, memory_order_relaxed) ==
+                                PC_WAITER_WAITING; i++)
     pc__cpu_relax();
+  if (budget > 0) pc__spin_done(cell, spin, budget, i, i < budget);
   /* Announce the sleep; a notifier that already marked us leaves the CAS failing. */
   atomic_compare_exchange_strong(&w->state, &expected, PC_WAITER_SLEEPING);
   for (;;) {
