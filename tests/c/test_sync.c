@@ -151,8 +151,11 @@ static void test_mutex_owner_died(void) {
   pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) _exit(pc_mutex_trylock(data) == 0 ? 0 : 1);
-  while (pc_mutex_owner(data) != pid) usleep(100);
-  usleep(20000); /* let it exit; it stays a zombie until waitpid below */
+  {
+    siginfo_t info;
+    /* WNOWAIT: wait for it to exit but leave it a zombie until waitpid below */
+    ASSERT_EQ(waitid(P_PID, (id_t)pid, &info, WEXITED | WNOWAIT), 0);
+  }
   ASSERT_EQ(pc_mutex_trylock(data), -EOWNERDEAD);
   ASSERT_EQ(pc_mutex_unlock(data), 0);
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
