@@ -194,7 +194,14 @@ def _reducer(bits, signed):
 class TypedArray:
     """A view of ``length`` elements of a SharedBuffer, like JS's typed arrays."""
 
-    __slots__ = ("buffer", "byte_offset", "length", "_items", "_ptr", "_header")
+    # _items (a memoryview of the elements) serves indexing; _base holds the one
+    # buffer export that pins the mapping for the C calls, taken on the SharedBuffer
+    # itself and not on a memoryview: CPython 3.10-3.12 crash when the garbage
+    # collector clears a memoryview that still has an export (gh-77894), which a
+    # typed array caught in a failed pickle inside a reference cycle reaches.
+    # _ptr points into _base and is what the fast paths pass to C.
+    __slots__ = ("buffer", "byte_offset", "length", "_items", "_base", "_ptr", "_header",
+                 "__weakref__")
     BYTES_PER_ELEMENT = 0
     _format = ""
     _typestr = ""
@@ -229,12 +236,18 @@ class TypedArray:
         self.byte_offset = byte_offset
         self.length = length
         self._items = memoryview(buffer)[byte_offset:byte_offset + length * size].cast(self._format)
-        self._ptr = ffi.from_buffer(self._items) if length else ffi.NULL
+        self._base = ffi.from_buffer(buffer)
+        self._ptr = self._base + byte_offset if length else ffi.NULL
         self._header = buffer._header
 
     @property
     def byte_length(self):
         return self.length * self.BYTES_PER_ELEMENT
+
+    def __reduce__(self):
+        # The buffer travels by fd through pyclusterc channels and refuses other
+        # picklers with a sentence that says so; never the views' internals.
+        return type(self), (self.buffer, self.byte_offset, self.length)
 
     def __len__(self):
         return self.length
