@@ -4,6 +4,8 @@ Each operation checks that it got an integer typed array and hands over to that
 array's method form (``ta.add(i, v)`` etc.), which is the fast path.
 """
 import asyncio
+import numbers
+import operator
 import threading
 
 from .._lowlevel.native import EAGAIN, call_restarting, ffi, lib, timeout_ns
@@ -12,8 +14,10 @@ from .buffer import (BigInt64Array, Float32Array, Float64Array, Int32Array, Type
 
 __all__ = ["Atomics"]
 
-# Polls of a waiter's slot before it sleeps in the kernel. A futex wake-up costs
-# tens of microseconds on a VM; a notifier on the other core usually comes sooner.
+# Most polls of a waiter's slot before it sleeps in the kernel; the C core spins
+# less, or not at all, when spinning does not pay (one usable CPU, or recent waits on
+# the cell that the spin missed). A futex wake-up costs tens of microseconds on a VM;
+# a notifier on another free CPU usually comes sooner.
 WAIT_SPIN = 2000
 
 _WAITABLE = (Int32Array, BigInt64Array)
@@ -37,11 +41,31 @@ def _waitable_array(ta, op):
     raise TypeError(f"Atomics.{op} needs an Int32Array or BigInt64Array, not {type(ta).__name__}")
 
 
-def _register(ta, index, value, op):
-    """Check the cell and take a waiter slot: returns the slot, or None for not-equal."""
+def _checked(ta, index, value, timeout, op):
+    """Validate in test262's order: the array, the index, the value, then the
+    timeout (ValidateIntegerTypedArray, ValidateAtomicAccess, ToInt32/ToBigInt64,
+    ToNumber). Returns (array, element index, reduced value, timeout in ns)."""
     ta = _waitable_array(ta, op)
     i = ta._index(index)
     expected = ta._reduce(value)
+    return ta, i, expected, _timeout_ns(timeout)
+
+
+def _timeout_ns(timeout):
+    """Seconds as int, float, or any int-like (__index__) or real number (numpy
+    scalars, Fraction); None = forever. Other types raise TypeError, bool included."""
+    if timeout is None or type(timeout) in (int, float):
+        return timeout_ns(timeout)
+    if not isinstance(timeout, bool):
+        if hasattr(type(timeout), "__index__"):
+            return timeout_ns(operator.index(timeout))
+        if isinstance(timeout, numbers.Real):
+            return timeout_ns(float(timeout))
+    return timeout_ns(timeout, "Atomics.wait timeout")
+
+
+def _register(ta, i, expected):
+    """Check the cell and take a waiter slot: returns the slot, or None for not-equal."""
     size = ta.BYTES_PER_ELEMENT
     slot = ffi.new("int *")
     rc = lib.pc_wait_register(ta._header, ta._ptr + i * size, ta.byte_offset + i * size,
@@ -101,17 +125,28 @@ class Atomics:
 
     @staticmethod
     def is_lock_free(size):
-        if isinstance(size, bool) or not isinstance(size, int):
-            raise TypeError(f"Atomics.is_lock_free takes a size in bytes (int), not {type(size).__name__}")
-        return bool(lib.pc_is_lock_free(size))
+        """True when an atomic access of ``size`` bytes is lock-free here (always
+        for 4, as ECMAScript requires); any int-like (``__index__``: numpy integers)."""
+        if isinstance(size, bool):
+            raise TypeError("Atomics.is_lock_free takes a size in bytes (int), not bool")
+        try:
+            n = operator.index(size)
+        except TypeError:
+            raise TypeError(f"Atomics.is_lock_free takes a size in bytes (int), not {type(size).__name__}") from None
+        return n in (1, 2, 4, 8) and bool(lib.pc_is_lock_free(n))
 
     @staticmethod
     def pause(iterations=None):
         """A CPU hint for spin-wait loops (x86 PAUSE); iterations defaults to 1."""
         if iterations is None:
             iterations = 1
-        elif isinstance(iterations, bool) or not isinstance(iterations, int):
-            raise TypeError(f"Atomics.pause takes an int or None, not {type(iterations).__name__}")
+        else:
+            try:
+                if isinstance(iterations, bool):
+                    raise TypeError
+                iterations = operator.index(iterations)
+            except TypeError:
+                raise TypeError(f"Atomics.pause takes an int or None, not {type(iterations).__name__}") from None
         lib.pc_pause(min(max(iterations, 1), 1 << 20))
 
     @staticmethod
@@ -121,8 +156,8 @@ class Atomics:
         ``timeout`` is in seconds (None = forever). Releases the GIL; signal
         handlers run during the wait, which then resumes with the time left.
         """
-        ns = timeout_ns(timeout)
-        slot = _register(ta, index, value, "wait")
+        ta, i, expected, ns = _checked(ta, index, value, timeout, "wait")
+        slot = _register(ta, i, expected)
         if slot is None:
             return "not-equal"
         header = ta._header
@@ -135,8 +170,8 @@ class Atomics:
     @staticmethod
     async def wait_async(ta, index, value, timeout=None):
         """``await``-able wait: same results as wait, without blocking the event loop."""
-        ns = timeout_ns(timeout)
-        slot = _register(ta, index, value, "wait_async")
+        ta, i, expected, ns = _checked(ta, index, value, timeout, "wait_async")
+        slot = _register(ta, i, expected)
         if slot is None:
             return "not-equal"
         header = ta._header
@@ -172,9 +207,12 @@ class Atomics:
         i = ta._index(index)
         if count is None:
             n = -1
-        elif isinstance(count, bool) or not isinstance(count, int):
-            raise TypeError(f"Atomics.notify count must be an int or None, not {type(count).__name__}")
         else:
-            n = min(max(count, 0), _INT64_MAX)  # any larger count means "all" anyway
+            try:
+                if isinstance(count, bool):
+                    raise TypeError
+                n = min(max(operator.index(count), 0), _INT64_MAX)  # larger means "all" anyway
+            except TypeError:
+                raise TypeError(f"Atomics.notify count must be an int or None, not {type(count).__name__}") from None
         return lib.pc_notify(ta._header, ta.byte_offset + i * ta.BYTES_PER_ELEMENT, n)
 
