@@ -143,6 +143,15 @@ int pc_wait_register(void *header, void *cell, uint64_t byte_offset, int width,
  * slot stays taken either way: the caller always ends with pc_wait_release, in a
  * `finally`, so a slot is freed exactly once whatever a signal handler raises. */
 int pc_wait_block(void *header, int slot, int64_t timeout_ns, uint32_t spin);
+/* The three steps in one call, for the common case, on element `index` of a typed
+ * array whose elements (`width` bytes each) start at `base`, base_offset bytes into
+ * the region's data. Returns PC_WAIT_OK, PC_WAIT_NOT_EQUAL or PC_WAIT_TIMED_OUT
+ * with the slot freed; -EAGAIN (table full) or -EINVAL (width) with no slot taken
+ * (*slot is -1 then); or -EINTR with the slot still taken in *slot: the caller runs
+ * its signal handlers, then resumes with pc_wait_block and ends with
+ * pc_wait_release (in a `finally`), as for the separate steps. */
+int pc_wait(void *header, void *base, uint64_t base_offset, uint64_t index, int width,
+            int64_t expected, int64_t timeout_ns, uint32_t spin, int *slot);
 /* Free the slot; returns PC_WAIT_OK when a notify counted this waiter (the wait
  * reports "ok", even if it had timed out a moment before), else PC_WAIT_TIMED_OUT. */
 int pc_wait_release(void *header, int slot);
@@ -162,12 +171,13 @@ int pc_waiters(void *header, uint64_t byte_offset);
  *
  * mutex: one word, 0 when unlocked, else the owner's thread id | 0x80000000 when
  * others may sleep on it (futex(2)'s robust word format). Robust: when the owner's
- * thread is gone (its process died), the next lock or trylock takes the mutex and
+ * thread is gone (its process died), the next pc_mutex_lock takes the mutex and
  * returns -EOWNERDEAD instead of 0; the mutex is then held by the caller. A
  * sleeper notices a dead owner within half a second at most. Any thread may
  * unlock (threading.Lock semantics). */
 int pc_mutex_lock(void *mutex, int64_t timeout_ns, uint32_t spin);
-/* 0, -EBUSY, or -EOWNERDEAD (taken over from a dead owner). */
+/* 0 or -EBUSY: one compare-and-swap, no look at the owner (call pc_mutex_lock
+ * with timeout 0 for that: 0, -EOWNERDEAD or -ETIMEDOUT). */
 int pc_mutex_trylock(void *mutex);
 /* -EPERM when the mutex is not locked. */
 int pc_mutex_unlock(void *mutex);

@@ -102,7 +102,9 @@ int pc__lock(_Atomic uint32_t *word, int64_t timeout_ns, uint32_t max_spin) {
       if (atomic_compare_exchange_strong(word, &v, me | PC__LOCK_WAITERS)) return 0;
       continue;
     }
-    if (!checked++ && thread_gone(v & PC__LOCK_TID_MASK, 0)) {
+    /* Once, before the first sleep: is the owner gone? A cheap look (kill) when we
+     * are about to sleep anyway; the thorough one (zombies) when we will not. */
+    if (!checked++ && thread_gone(v & PC__LOCK_TID_MASK, timeout_ns == 0)) {
       if (take_over(word, v)) return -EOWNERDEAD;
       continue;
     }
@@ -134,15 +136,7 @@ int pc__unlock(_Atomic uint32_t *word) {
 
 /* ---- mutex: one lock word ---------------------------------------------------- */
 
-int pc_mutex_trylock(void *mutex) {
-  _Atomic uint32_t *word = mutex;
-  uint32_t v;
-  if (pc__trylock(word) == 0) return 0;
-  /* Busy: take it over only when the owner is gone (a rare, slow path). */
-  v = atomic_load(word);
-  if (v != 0 && thread_gone(v & PC__LOCK_TID_MASK, 1) && take_over(word, v)) return -EOWNERDEAD;
-  return -EBUSY;
-}
+int pc_mutex_trylock(void *mutex) { return pc__trylock(mutex); }
 
 int pc_mutex_lock(void *mutex, int64_t timeout_ns, uint32_t spin) {
   return pc__lock(mutex, timeout_ns, spin);

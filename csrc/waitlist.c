@@ -140,6 +140,22 @@ int pc_wait_block(void *header, int slot, int64_t timeout_ns, uint32_t spin) {
   return atomic_load(&w->state) == PC_WAITER_NOTIFIED ? PC_WAIT_OK : PC_WAIT_TIMED_OUT;
 }
 
+int pc_wait(void *header, void *base, uint64_t base_offset, uint64_t index, int width,
+            int64_t expected, int64_t timeout_ns, uint32_t spin, int *slot) {
+  int taken, rc;
+  *slot = -1;
+  if (width != 4 && width != 8) return -EINVAL;
+  rc = pc_wait_register(header, (char *)base + index * (uint64_t)width,
+                        base_offset + index * (uint64_t)width, width, expected, &taken);
+  if (rc != PC_WAIT_OK) return rc; /* not-equal, -EAGAIN: no slot taken */
+  rc = pc_wait_block(header, taken, timeout_ns, spin);
+  if (rc == -EINTR) {
+    *slot = taken; /* the caller resumes with pc_wait_block, then releases */
+    return rc;
+  }
+  return pc_wait_release(header, taken);
+}
+
 int pc_wait_abort(void *header, int slot) {
   struct pc_region_header *h = header;
   struct pc_waiter *w;
@@ -153,13 +169,13 @@ int pc_wait_abort(void *header, int slot) {
   return 0;
 }
 
-/* Notifies the waiter in a slot (waking it if it sleeps) and returns 1, or frees
- * the slot and returns 0 when its process is gone. Called with the lock held. */
-static int notify_slot(struct pc_region_header *h, int slot) {
+/* Marks the waiter in a slot notified and returns 1 (adding the slot to wake[] when
+ * it sleeps in the kernel), or frees the slot and returns 0 when its process is
+ * gone. Called with the lock held. */
+static int notify_slot(struct pc_region_header *h, int slot, int *wake, int *nwake) {
   struct pc_waiter *w = &h->waiters[slot];
   if (reclaim_if_dead(h, slot)) return 0;
-  if (atomic_exchange(&w->state, PC_WAITER_NOTIFIED) == PC_WAITER_SLEEPING)
-    pc__futex_wake(&w->state, 1);
+  if (atomic_exchange(&w->state, PC_WAITER_NOTIFIED) == PC_WAITER_SLEEPING) wake[(*nwake)++] = slot;
   return 1;
 }
 
@@ -167,14 +183,20 @@ static int waits_on(const struct pc_waiter *w, uint64_t byte_offset) {
   return is_waiting(atomic_load(&w->state)) && w->byte_offset == byte_offset;
 }
 
+/* The wake-ups are made after the table lock is released: a woken waiter goes
+ * straight for the lock (pc_wait_release), and on one CPU it often runs before
+ * the notifier, which would otherwise still hold it (a sleep and a wake more per
+ * round trip). A slot freed and reused in between gets a spurious wake-up, which
+ * its pc_wait_block ignores (it re-checks its state). */
 int pc_notify(void *header, uint64_t byte_offset, int64_t count) {
   struct pc_region_header *h = header;
+  int wake[PC_WAITER_SLOTS]; /* 8 KiB of stack: at most one entry per slot */
   uint32_t i;
-  int woken = 0;
+  int woken = 0, nwake = 0, k;
   table_lock(h);
   if (count < 0) { /* all of them: one pass, order does not matter */
     for (i = 0; i < h->slot_limit; i++)
-      if (waits_on(&h->waiters[i], byte_offset)) woken += notify_slot(h, (int)i);
+      if (waits_on(&h->waiters[i], byte_offset)) woken += notify_slot(h, (int)i, wake, &nwake);
   }
   while (count >= 0 && woken < count) { /* oldest first */
     int oldest = -1;
@@ -183,9 +205,10 @@ int pc_notify(void *header, uint64_t byte_offset, int64_t count) {
           (oldest < 0 || h->waiters[i].ticket < h->waiters[oldest].ticket))
         oldest = (int)i;
     if (oldest < 0) break;
-    woken += notify_slot(h, oldest);
+    woken += notify_slot(h, oldest, wake, &nwake);
   }
   table_unlock(h);
+  for (k = 0; k < nwake; k++) pc__futex_wake(&h->waiters[wake[k]].state, 1);
   return woken;
 }
 

@@ -179,11 +179,10 @@ class Mutex(_SharedWords):
         Raises OwnerDied (holding the lock) when the previous owner died with it."""
         ptr = self._ptr
         ns = -1 if timeout is None else timeout_ns(timeout)
-        rc = lib.pc_mutex_trylock(ptr)
-        if rc == 0:
+        if lib.pc_mutex_trylock(ptr) == 0:
             return True  # uncontended: one call
-        if rc != _EBUSY or not blocking:
-            return self._result(rc)
+        if not blocking:
+            return self._result(lib.pc_mutex_lock(ptr, 0, 0))  # also looks at the owner's life
         return self._result(call_restarting(lambda left: lib.pc_mutex_lock(ptr, left, SPIN), ns))
 
     def _result(self, rc):
