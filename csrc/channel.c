@@ -112,16 +112,26 @@ static void close_fds(int *fds, int n) {
 }
 
 /* Collect the fds from every SCM_RIGHTS cmsg (so that all of them can be closed on
- * any error); 0, or -EBADMSG when a cmsg is not SCM_RIGHTS or its length is not a
- * whole number of ints. The kernel never installs more fds than the control buffer
- * holds (the rest it drops and flags MSG_CTRUNC), so fds[] cannot overflow. */
-static int collect_fds(struct msghdr *msg, int *fds, int *nfds) {
+ * any error); 0, or -EBADMSG when a cmsg is not SCM_RIGHTS, its length is not a
+ * whole number of ints, or it claims more bytes than the control buffer holds (the
+ * kernel never writes such a cmsg; the check keeps a bad one from being read past
+ * its buffer, tests/fuzz/fuzz_cmsg.c). The kernel never installs more fds than the
+ * control buffer holds (the rest it drops and flags MSG_CTRUNC), and at most
+ * PC_CHANNEL_MAX_FDS are taken, so fds[] cannot overflow. */
+int pc__channel_collect_fds(struct msghdr *msg, int *fds, int *nfds) {
   struct cmsghdr *cmsg;
+  const char *end;
   int rc = 0;
   *nfds = 0;
+  if (msg->msg_control == NULL) return 0;
+  end = (const char *)msg->msg_control + msg->msg_controllen;
   for (cmsg = CMSG_FIRSTHDR(msg); cmsg != NULL; cmsg = CMSG_NXTHDR(msg, cmsg)) {
     size_t bytes, count;
-    if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS || cmsg->cmsg_len < CMSG_LEN(0)) {
+    if (cmsg->cmsg_len < CMSG_LEN(0) || cmsg->cmsg_len > (size_t)(end - (const char *)cmsg)) {
+      rc = -EBADMSG;
+      break; /* its length cannot be trusted to find the next one either */
+    }
+    if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) {
       rc = -EBADMSG;
       continue;
     }
@@ -155,7 +165,7 @@ static int conn_msg_valid(const void *buf, uint32_t length, int nfds) {
  * pc_channel_recv documents. On an error the fds are closed and *nfds is 0. */
 static int check_received(int fd, struct msghdr *msg, size_t n, const struct pc_msg_header *header,
                           const void *buf, uint32_t cap, int *fds, int *nfds) {
-  int rc = collect_fds(msg, fds, nfds);
+  int rc = pc__channel_collect_fds(msg, fds, nfds);
   if (rc == 0 && (msg->msg_flags & MSG_CTRUNC)) rc = -EBADMSG;
   if (rc == 0 && n == 0) {
     rc = *nfds > 0 ? -EBADMSG : eof_or_empty(fd);
