@@ -175,6 +175,13 @@ int pc_waiters(void *header, uint64_t byte_offset);
  * returns -EOWNERDEAD instead of 0; the mutex is then held by the caller. A
  * sleeper notices a dead owner within half a second at most. Any thread may
  * unlock (threading.Lock semantics). */
+/* The primitives' layouts, for Python to size and read them (ffi.sizeof, fields);
+ * the C code accesses the same words atomically (pinned with static asserts in
+ * sync.c). */
+struct pc_mutex { uint32_t word; };
+struct pc_cond { uint32_t sequence; uint32_t waiters; };
+struct pc_sem { uint32_t value; uint32_t sleepers; };
+struct pc_barrier { uint32_t parties; uint32_t state; uint32_t broken; };
 int pc_mutex_lock(void *mutex, int64_t timeout_ns, uint32_t spin);
 /* 0 or -EBUSY: one compare-and-swap, no look at the owner (call pc_mutex_lock
  * with timeout 0 for that: 0, -EOWNERDEAD or -ETIMEDOUT). */

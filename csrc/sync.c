@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -15,6 +16,15 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+/* Python sizes and reads the primitives through these structs (pc_shared.h); the
+ * code below indexes the same 32-bit words. */
+PC_STATIC_ASSERT(sizeof(struct pc_mutex) == 4, "a mutex is one word");
+PC_STATIC_ASSERT(sizeof(struct pc_cond) == 8 && offsetof(struct pc_cond, waiters) == 4, "cond words");
+PC_STATIC_ASSERT(sizeof(struct pc_sem) == 8 && offsetof(struct pc_sem, sleepers) == 4, "sem words");
+PC_STATIC_ASSERT(sizeof(struct pc_barrier) == 12 && offsetof(struct pc_barrier, state) == 4 &&
+                     offsetof(struct pc_barrier, broken) == 8,
+                 "barrier words");
 
 /* ---- thread ids ------------------------------------------------------------- */
 

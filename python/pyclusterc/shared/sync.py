@@ -112,7 +112,6 @@ class _SharedWords:
     """A run of 32-bit words inside a SharedBuffer, pinned while this object lives."""
 
     __slots__ = ("buffer", "byte_offset", "_base", "_ptr", "__weakref__")
-    BYTES = 4
 
     def _place(self, buffer, byte_offset, reuse=False):
         kind = type(self).__name__
@@ -139,8 +138,9 @@ class _SharedWords:
         self._ptr = self._base + byte_offset
         return self
 
-    def _words(self):
-        return ffi.cast("uint32_t *", self._ptr)
+    def _fields(self):
+        """The words as C lays them out (struct pc_mutex, pc_barrier, ... in pc_shared.h)."""
+        return ffi.cast(self._STRUCT, self._ptr)
 
     def __repr__(self):
         return f"<{type(self).__name__} at byte_offset {self.byte_offset}>"
@@ -163,7 +163,8 @@ class Mutex(_SharedWords):
     Like threading.Lock, any thread or process may release it."""
 
     __slots__ = ()
-    BYTES = 4
+    _STRUCT = "struct pc_mutex *"
+    BYTES = ffi.sizeof("struct pc_mutex")
 
     def __init__(self, buffer=None, byte_offset=0):
         self._place(buffer, byte_offset)
@@ -197,7 +198,7 @@ class Mutex(_SharedWords):
             raise RuntimeError("release of an unlocked Mutex")
 
     def locked(self):
-        return self._words()[0] != 0
+        return self._fields().word != 0
 
     def __enter__(self):
         try:
@@ -217,7 +218,8 @@ class Condition(_SharedWords):
     None); ``Condition(buffer, byte_offset, mutex)`` places it in a SharedBuffer."""
 
     __slots__ = ("mutex",)
-    BYTES = 8
+    _STRUCT = "struct pc_cond *"
+    BYTES = ffi.sizeof("struct pc_cond")
 
     def __init__(self, buffer=None, byte_offset=0, mutex=None, *, lock=None):
         if buffer is not None and not isinstance(buffer, SharedBuffer):
@@ -299,7 +301,8 @@ class Semaphore(_SharedWords):
     where ``value`` initialises it and None attaches to what is there."""
 
     __slots__ = ()
-    BYTES = 8
+    _STRUCT = "struct pc_sem *"
+    BYTES = ffi.sizeof("struct pc_sem")
 
     def __init__(self, buffer=None, byte_offset=0, value=None):
         if buffer is not None and not isinstance(buffer, SharedBuffer):
@@ -362,7 +365,8 @@ class Barrier(_SharedWords):
     it raises, the barrier is broken. ``timeout`` is the default for ``wait()``."""
 
     __slots__ = ("parties", "action", "timeout")
-    BYTES = 12
+    _STRUCT = "struct pc_barrier *"
+    BYTES = ffi.sizeof("struct pc_barrier")
 
     def __init__(self, *args, **kwargs):
         if (args and isinstance(args[0], SharedBuffer)) or "buffer" in kwargs:
@@ -380,7 +384,7 @@ class Barrier(_SharedWords):
             timeout_ns(timeout)  # a bad default timeout fails here, not at the first wait
         self._place(buffer, byte_offset)
         if lib.pc_barrier_init(self._ptr, parties) < 0:
-            raise ValueError(f"a Barrier for {self._words()[0]} parties already "
+            raise ValueError(f"a Barrier for {self._fields().parties} parties already "
                              f"lives at byte_offset {self.byte_offset}, not {parties}")
         self._attach(parties, action, timeout)
 
@@ -434,8 +438,8 @@ class Barrier(_SharedWords):
 
     @property
     def broken(self):
-        return self._words()[2] != 0
+        return self._fields().broken != 0
 
     @property
     def n_waiting(self):
-        return self._words()[1] & 0xFFFF
+        return self._fields().state & 0xFFFF  # state = generation << 16 | arrived
