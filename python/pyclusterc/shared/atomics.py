@@ -12,7 +12,7 @@ from time import monotonic_ns as _monotonic_ns
 
 from .._lowlevel.native import EAGAIN, EINTR, call_restarting, ffi, lib, os_error, timeout_ns
 from .buffer import (BigInt64Array, Float32Array, Float64Array, Int32Array, TypedArray,
-                     _IntegerArray)
+                     IntegerArray)
 
 __all__ = ["Atomics"]
 
@@ -28,7 +28,7 @@ _INT64_MAX = (1 << 63) - 1
 
 
 def _integer_array(ta, op):
-    if isinstance(ta, _IntegerArray):
+    if isinstance(ta, IntegerArray):
         return ta
     if isinstance(ta, (Float32Array, Float64Array)):
         raise TypeError(f"Atomics.{op} does not work on {type(ta).__name__}: use an integer typed array")
