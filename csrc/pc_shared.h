@@ -183,8 +183,9 @@ struct pc_cond { uint32_t sequence; uint32_t waiters; };
 struct pc_sem { uint32_t value; uint32_t sleepers; };
 struct pc_barrier { uint32_t parties; uint32_t state; uint32_t broken; };
 int pc_mutex_lock(void *mutex, int64_t timeout_ns, uint32_t spin);
-/* 0 or -EBUSY: one compare-and-swap, no look at the owner (call pc_mutex_lock
- * with timeout 0 for that: 0, -EOWNERDEAD or -ETIMEDOUT). */
+/* 0 or -EBUSY: one compare-and-swap, no look at the owner (pc_mutex_lock with
+ * timeout 0 looks: 0, -EOWNERDEAD or -ETIMEDOUT; it finds an owner that is gone,
+ * but not yet one whose process is a zombie, which a lock that naps does). */
 int pc_mutex_trylock(void *mutex);
 /* -EPERM when the mutex is not locked. */
 int pc_mutex_unlock(void *mutex);

@@ -112,18 +112,18 @@ int pc__lock(_Atomic uint32_t *word, int64_t timeout_ns, uint32_t max_spin) {
       if (atomic_compare_exchange_strong(word, &v, me | PC__LOCK_WAITERS)) return 0;
       continue;
     }
-    /* Once, before the first sleep: is the owner gone? A cheap look (kill) when we
-     * are about to sleep anyway; the thorough one (zombies) when we will not. */
-    if (!checked++ && thread_gone(v & PC__LOCK_TID_MASK, timeout_ns == 0)) {
+    /* Once, before the first sleep: is the owner gone? The cheap look (kill); a
+     * zombie owner is found by the thorough look after the first nap. */
+    if (!checked++ && thread_gone(v & PC__LOCK_TID_MASK, 0)) {
       if (take_over(word, v)) return -EOWNERDEAD;
       continue;
     }
+    left = pc__remaining(deadline);
+    if (left == 0) return -ETIMEDOUT; /* before marking waiters: we will not sleep */
     if (!(v & PC__LOCK_WAITERS)) {
       if (!atomic_compare_exchange_strong(word, &v, v | PC__LOCK_WAITERS)) continue;
       v |= PC__LOCK_WAITERS;
     }
-    left = pc__remaining(deadline);
-    if (left == 0) return -ETIMEDOUT;
     nap = left < 0 || left > slice ? slice : left;
     rc = pc__futex_wait(word, v, nap);
     if (rc == -EINTR) return -EINTR;

@@ -119,7 +119,8 @@ int pc_wait_block(void *header, int slot, int64_t timeout_ns, uint32_t spin) {
   const void *cell;
   if (slot < 0 || slot >= PC_WAITER_SLOTS) return -EINVAL;
   w = &h->waiters[slot];
-  cell = (const char *)h + PC_REGION_HEADER_SIZE + w->byte_offset; /* the history's key */
+  /* the spin history's key: this mapping's address of the cell (never dereferenced) */
+  cell = (const void *)((uintptr_t)h + PC_REGION_HEADER_SIZE + (uintptr_t)w->byte_offset);
   if (timeout_ns == 0) spin = 0;
   budget = pc__spin_budget(cell, spin);
   for (i = 0; i < budget && atomic_load_explicit(&w->state, memory_order_relaxed) ==

@@ -146,8 +146,8 @@ static void test_mutex_owner_died(void) {
   ASSERT_EQ(pc_mutex_lock(data, 0, 0), 0); /* an ordinary lock again */
   ASSERT_EQ(pc_mutex_unlock(data), 0);
 
-  /* 2. dead, not reaped (a zombie): a lock that would not wait still sees it gone;
-   * trylock never looks at the owner */
+  /* 2. dead, not reaped (a zombie): kill() still finds it, the look at /proc after
+   * the first nap does not; trylock never looks at the owner */
   pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) _exit(pc_mutex_trylock(data) == 0 ? 0 : 1);
@@ -157,7 +157,10 @@ static void test_mutex_owner_died(void) {
     ASSERT_EQ(waitid(P_PID, (id_t)pid, &info, WEXITED | WNOWAIT), 0);
   }
   ASSERT_EQ(pc_mutex_trylock(data), -EBUSY);
-  ASSERT_EQ(pc_mutex_lock(data, 0, 0), -EOWNERDEAD);
+  ASSERT_EQ(pc_mutex_lock(data, 0, 0), -ETIMEDOUT); /* would not wait: the cheap look only */
+  t0 = now_ns();
+  ASSERT_EQ(pc_mutex_lock(data, 5000000000LL, 0), -EOWNERDEAD);
+  ASSERT_LT(now_ns() - t0, 1000000000LL);
   ASSERT_EQ(pc_mutex_unlock(data), 0);
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
