@@ -1,5 +1,6 @@
 """Shared memory and atomics: SharedBuffer, typed arrays, Atomics, and the sync primitives
-that live in shared memory (Mutex, Condition, Semaphore, Barrier).
+that live in shared memory (Mutex, Condition, Semaphore, Barrier; OwnerDied when a
+Mutex's owner died holding it).
 
 May import: ``_lowlevel``.
 """
