@@ -2,8 +2,15 @@
 """Atomics and shared memory: pyclusterc beside its peers, measured in one run.
 
     python bench/bench_atomics.py            # full run: writes bench/results/atomics.json
-                                             # and the table in docs/benchmarks.md
+                                             # and the tables in bench/results/atomics.md
     python bench/bench_atomics.py --quick    # smoke run: prints, writes nothing
+    python bench/bench_atomics.py --only adaptive --before-python OLD/.venv/bin/python
+                                             # wait/notify and hand-offs pinned to one CPU
+                                             # and on two, beside a raw futex, Node and
+                                             # (optional) another pyclusterc build
+
+The `adaptive` step runs every cross-process hand-off twice: with this process (and so
+both sides, which inherit its affinity, and Node) pinned to one CPU, and on two CPUs.
 
 The machine is small and shared, so every figure is the median of several
 repetitions, and within each repetition the candidates run in a shuffled order
@@ -31,7 +38,6 @@ import time
 import timeit
 import traceback
 
-import atomics  # the PyPI package, a peer (pyproject's `bench` extra)
 import pyclusterc
 from pyclusterc import Atomics, BigInt64Array, Int32Array, Mutex, Semaphore, SharedBuffer
 from pyclusterc.shared import atomics as pc_atomics
@@ -40,7 +46,7 @@ from pyclusterc._native import lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results", "atomics.json")
-DOCS = os.path.join(ROOT, "docs", "benchmarks.md")
+TABLES = os.path.join(ROOT, "bench", "results", "atomics.md")
 NODE_PINGPONG = os.path.join(ROOT, "bench", "node", "pingpong.js")
 NODE_ADD = os.path.join(ROOT, "bench", "node", "add.js")
 
@@ -207,6 +213,7 @@ def interleaved(candidates, reps, measure):
 # ---- 1. one atomic add from Python ---------------------------------------------------
 
 def single_op(reps, batch_seconds):
+    import atomics  # the PyPI package, a peer (pyproject's `bench` extra)
     ta = Int32Array(4)
     ptr = ta._ptr
     mp_value = multiprocessing.Value("i", 0)
@@ -569,6 +576,120 @@ def handoff(reps, n):
     return round_trip_summary(samples, n)
 
 
+# ---- 5. waits that adapt: one CPU and two CPUs -------------------------------------------
+# Every cross-process hand-off, with both sides pinned to one CPU (this process's
+# affinity, inherited by the forked side and by Node) and on two CPUs. The raw futex
+# loop is the floor: a wait that sleeps at once and a wake every time.
+
+ADAPTIVE = {
+    "pyclusterc_wait_notify": pingpong_pyclusterc,
+    "raw_futex": pingpong_raw_futex,
+    "node_wait_notify": pingpong_node,
+    "pyclusterc_mutex": lambda n: _handoff(_mutex_pair, n),
+    "pyclusterc_semaphore": lambda n: _handoff(_semaphore_pair, n),
+}
+# Measured by another interpreter (--before-python: an older pyclusterc build), this
+# very script run with --one NAME, so both builds run in one session, interleaved.
+BEFORE = {"before_wait_notify": "pyclusterc_wait_notify", "before_mutex": "pyclusterc_mutex",
+          "before_semaphore": "pyclusterc_semaphore"}
+
+
+@contextlib.contextmanager
+def pinned(config):
+    """one_cpu: this process (and what it forks or runs) on the first usable CPU."""
+    before = os.sched_getaffinity(0)
+    if config == "one_cpu":
+        os.sched_setaffinity(0, {min(before)})
+    try:
+        yield sorted(os.sched_getaffinity(0))
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _before_run(python, name, n):
+    out = subprocess.run([python, os.path.abspath(__file__), "--one", name, "--round-trips", str(n)],
+                         capture_output=True, text=True, timeout=600, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def adaptive(reps, n, before_python=None):
+    candidates = dict(ADAPTIVE)
+    if before_python:
+        for key, name in BEFORE.items():
+            candidates[key] = None
+    out = {"round_trips": n, "before_python": before_python}
+    for config in ("one_cpu", "two_cpus"):
+        with pinned(config) as cpus:
+            def measure(name):
+                if name in BEFORE:
+                    got = _before_run(before_python, BEFORE[name], n)
+                    return got["us"], got["sleeps"]
+                return timed_with_sleeps(ADAPTIVE[name], n)
+            samples = interleaved(candidates, reps, measure)
+        out[config] = dict(round_trip_summary(samples, n), cpus=cpus)
+    return out
+
+
+def run_one(name, n):
+    """--one: one measurement, as a JSON line (for another build's interpreter)."""
+    us, sleeps = timed_with_sleeps(ADAPTIVE[name], n)
+    print(json.dumps({"name": name, "us": us, "sleeps": sleeps,
+                      "pyclusterc": getattr(pyclusterc, "__file__", "")}))
+
+
+def adaptive_ratios(a):
+    """ours / peer for every config (below 1 = pyclusterc faster)."""
+    ratios = {}
+    for config in ("one_cpu", "two_cpus"):
+        us = a[config]["us_per_round_trip"]
+        for ours in ("pyclusterc_wait_notify", "pyclusterc_mutex", "pyclusterc_semaphore"):
+            ratios[f"{config}_{ours}_over_raw_futex"] = us[ours] / us["raw_futex"]
+        ratios[f"{config}_pyclusterc_wait_notify_over_node"] = us["pyclusterc_wait_notify"] / us["node_wait_notify"]
+        for key, ours in BEFORE.items():
+            if key in us:
+                ratios[f"{config}_{ours}_over_{key}"] = us[ours] / us[key]
+    return ratios
+
+
+def adaptive_markdown(a, ratios, reps):
+    lines = [
+        f"### Waits that adapt: one CPU and two CPUs, {a['round_trips']:,} round trips",
+        "",
+        "Each hand-off runs with both processes pinned to one CPU (`sched_setaffinity` of the "
+        "bench, inherited by the forked side and by Node: the `taskset -c 0` case) and on two CPUs. "
+        "A round trip is one hand-off each way (ping-pong for wait/notify; two gates for "
+        "Mutex/Semaphore). The raw futex is a ctypes `FUTEX_WAIT`/`FUTEX_WAKE` loop with no spin. "
+        + ("`before` is the build before this change (`--before-python`), run in the same session, "
+           "interleaved. " if a.get("before_python") else "")
+        + f"Median of {reps} repetitions, shuffled order; sleeps = voluntary context switches of "
+        "both sides per round trip.",
+        "",
+        "| hand-off | one CPU µs | ÷ raw futex | sleeps | two CPUs µs | ÷ raw futex | sleeps |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = [("pyclusterc `Atomics.wait`/`notify`", "pyclusterc_wait_notify"),
+            ("pyclusterc `Mutex` pair", "pyclusterc_mutex"),
+            ("pyclusterc `Semaphore` pair", "pyclusterc_semaphore")]
+    if a.get("before_python"):
+        rows += [("before: `Atomics.wait`/`notify`", "before_wait_notify"),
+                 ("before: `Mutex` pair", "before_mutex"), ("before: `Semaphore` pair", "before_semaphore")]
+    rows += [("raw futex (ctypes)", "raw_futex"), ("Node 20 `Atomics.wait`/`notify`, worker threads", "node_wait_notify")]
+    one, two = a["one_cpu"], a["two_cpus"]
+    for label, key in rows:
+        cells = []
+        for r in (one, two):
+            us = r["us_per_round_trip"][key]
+            cells += [fmt(us), f"{us / r['us_per_round_trip']['raw_futex']:.2f}",
+                      f"{r['sleeps_per_round_trip'][key]:.2f}"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if a.get("before_python"):
+        lines += ["", "| this build ÷ before | one CPU | two CPUs |", "|---|---:|---:|"]
+        for key, ours in BEFORE.items():
+            lines.append(f"| {ours.replace('pyclusterc_', '')} | {ratios[f'one_cpu_{ours}_over_{key}']:.2f} | "
+                         f"{ratios[f'two_cpus_{ours}_over_{key}']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---- targets, report -----------------------------------------------------------------
 
 def ratios_and_targets(r):
@@ -645,6 +766,14 @@ def cpu_share(before, after):
     return {"busy_fraction": (total - idle - delta[7]) / total, "steal_fraction": delta[7] / total}
 
 
+def _version_or_none(name):
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def machine_facts(started):
     cpu = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
@@ -662,7 +791,7 @@ def machine_facts(started):
         "python": platform.python_version(),
         "node": node,
         "pyclusterc": getattr(pyclusterc, "__version__", version("pyclusterc")),
-        "atomics_pkg": version("atomics"),
+        "atomics_pkg": _version_or_none("atomics"),
         "load_average_at_start": os.getloadavg(),
         "spin": {"atomics.WAIT_SPIN": pc_atomics.WAIT_SPIN, "sync.SPIN": pc_sync.SPIN,
                  "bench CTYPES_SPIN (Python polls)": CTYPES_SPIN, "pause_ns": _pause_ns()},
@@ -794,32 +923,22 @@ def markdown(r):
     return "\n".join(lines) + "\n"
 
 
-def write_docs(section):
-    """Replace (or add) the "Atomics and shared memory" section of docs/benchmarks.md."""
-    head = "# Benchmarks\n\nEach section is written by the benchmark script it names.\n\n"
-    text = head
-    if os.path.exists(DOCS):
-        with open(DOCS) as f:
-            text = f.read()
-    start = text.find("## Atomics and shared memory")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + ("" if end < 0 else text[end:])
-    os.makedirs(os.path.dirname(DOCS), exist_ok=True)
-    with open(DOCS, "w") as f:
-        f.write(text)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repetitions; print, write nothing")
     parser.add_argument("--reps", type=int, help="repetitions (default 9, quick 3)")
+    parser.add_argument("--only", help="comma-separated steps to run (e.g. adaptive); prints, writes nothing")
+    parser.add_argument("--before-python", help="interpreter of another pyclusterc build, measured "
+                        "beside this one in the adaptive step")
+    parser.add_argument("--one", choices=sorted(ADAPTIVE), help=argparse.SUPPRESS)
+    parser.add_argument("--round-trips", type=int, help="round trips per cross-process measurement")
     args = parser.parse_args()
     reps = args.reps or (3 if args.quick else 9)
     batch = 0.02 if args.quick else 0.05
-    round_trips = 2000 if args.quick else 20000
+    round_trips = args.round_trips or (2000 if args.quick else 20000)
+    if args.one:
+        run_one(args.one, round_trips)
+        return
     counter_n = 20000 if args.quick else 200000
     started = datetime.datetime.now(datetime.timezone.utc)
     jiffies = cpu_jiffies()
@@ -831,8 +950,12 @@ def main():
         ("wait_notify_calls", lambda: wait_notify_calls(reps, batch)),
         ("lock_uncontended", lambda: lock_uncontended(reps, batch)),
         ("handoff", lambda: handoff(reps, round_trips)),
+        ("adaptive", lambda: adaptive(reps, round_trips, args.before_python)),
     ]
+    only = set(args.only.split(",")) if args.only else None
     for name, step in steps:
+        if only and name not in only:
+            continue
         t0 = time.monotonic()
         with watchdog(1800):
             results[name] = step()
@@ -840,16 +963,24 @@ def main():
     results["machine"]["load_average_at_end"] = os.getloadavg()
     results["machine"]["cpu_during_run"] = cpu_share(jiffies, cpu_jiffies())
     results["seconds"] = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
-    results["ratios"], results["targets"] = ratios_and_targets(results)
-    table = markdown(results)
-    print(table)
-    if not args.quick:
+    tables = []
+    if "adaptive" in results:
+        results["adaptive_ratios"] = adaptive_ratios(results["adaptive"])
+        tables.append(adaptive_markdown(results["adaptive"], results["adaptive_ratios"], reps))
+    if not only:
+        results["ratios"], results["targets"] = ratios_and_targets(results)
+        tables.insert(0, markdown(results))
+    text = "\n".join(tables)
+    print(text)
+    print(json.dumps({k: results[k] for k in ("adaptive_ratios",) if k in results}, indent=1), file=sys.stderr)
+    if not args.quick and not only:
         os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
         with open(RESULTS, "w") as f:
             json.dump(results, f, indent=1)
             f.write("\n")
-        write_docs(table)
-        print(f"wrote {RESULTS} and {DOCS}", file=sys.stderr)
+        with open(TABLES, "w") as f:
+            f.write(text)
+        print(f"wrote {RESULTS} and {TABLES}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,10 @@ int pc__channel_prepare(struct msghdr *msg, struct pc__outmsg *out, uint32_t kin
     struct cmsghdr *cmsg;
     msg->msg_control = out->cmsg.buf;
     msg->msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+    /* CMSG_SPACE pads past CMSG_LEN: zero it all, so no stack bytes go to the
+     * kernel uninitialised (valgrind: "sendmsg(msg.msg_control) points to
+     * uninitialised byte(s)"). */
+    memset(out->cmsg.buf, 0, msg->msg_controllen);
     cmsg = CMSG_FIRSTHDR(msg);
     cmsg->cmsg_level = SOL_SOCKET;
     cmsg->cmsg_type = SCM_RIGHTS;
@@ -108,16 +112,26 @@ static void close_fds(int *fds, int n) {
 }
 
 /* Collect the fds from every SCM_RIGHTS cmsg (so that all of them can be closed on
- * any error); 0, or -EBADMSG when a cmsg is not SCM_RIGHTS or its length is not a
- * whole number of ints. The kernel never installs more fds than the control buffer
- * holds (the rest it drops and flags MSG_CTRUNC), so fds[] cannot overflow. */
-static int collect_fds(struct msghdr *msg, int *fds, int *nfds) {
+ * any error); 0, or -EBADMSG when a cmsg is not SCM_RIGHTS, its length is not a
+ * whole number of ints, or it claims more bytes than the control buffer holds (the
+ * kernel never writes such a cmsg; the check keeps a bad one from being read past
+ * its buffer, tests/fuzz/fuzz_cmsg.c). The kernel never installs more fds than the
+ * control buffer holds (the rest it drops and flags MSG_CTRUNC), and at most
+ * PC_CHANNEL_MAX_FDS are taken, so fds[] cannot overflow. */
+int pc__channel_collect_fds(struct msghdr *msg, int *fds, int *nfds) {
   struct cmsghdr *cmsg;
+  const char *end;
   int rc = 0;
   *nfds = 0;
+  if (msg->msg_control == NULL) return 0;
+  end = (const char *)msg->msg_control + msg->msg_controllen;
   for (cmsg = CMSG_FIRSTHDR(msg); cmsg != NULL; cmsg = CMSG_NXTHDR(msg, cmsg)) {
     size_t bytes, count;
-    if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS || cmsg->cmsg_len < CMSG_LEN(0)) {
+    if (cmsg->cmsg_len < CMSG_LEN(0) || cmsg->cmsg_len > (size_t)(end - (const char *)cmsg)) {
+      rc = -EBADMSG;
+      break; /* its length cannot be trusted to find the next one either */
+    }
+    if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) {
       rc = -EBADMSG;
       continue;
     }
@@ -151,7 +165,7 @@ static int conn_msg_valid(const void *buf, uint32_t length, int nfds) {
  * pc_channel_recv documents. On an error the fds are closed and *nfds is 0. */
 static int check_received(int fd, struct msghdr *msg, size_t n, const struct pc_msg_header *header,
                           const void *buf, uint32_t cap, int *fds, int *nfds) {
-  int rc = collect_fds(msg, fds, nfds);
+  int rc = pc__channel_collect_fds(msg, fds, nfds);
   if (rc == 0 && (msg->msg_flags & MSG_CTRUNC)) rc = -EBADMSG;
   if (rc == 0 && n == 0) {
     rc = *nfds > 0 ? -EBADMSG : eof_or_empty(fd);
@@ -236,7 +250,7 @@ int pc_channel_recv_conns(int fd, struct pc_conn_msg *conns, int *fds, int max) 
     struct cmsghdr align;
     char buf[CMSG_SPACE(sizeof(int))];
   } cmsg[PC_CHANNEL_RECV_CONNS_MAX];
-  int i, n, got = 0, malformed = 0;
+  int i, n, got = 0, malformed = 0, eof = 0;
 
   if (conns == NULL || fds == NULL || max < 1 || max > PC_CHANNEL_RECV_CONNS_MAX) return -EINVAL;
   for (i = 0; i < max; i++) {
@@ -249,14 +263,19 @@ int pc_channel_recv_conns(int fd, struct pc_conn_msg *conns, int *fds, int max) 
   while (n < 0 && (errno == EINTR || errno == ECONNRESET));
   if (n < 0) return errno == EWOULDBLOCK ? -EAGAIN : -errno;
 
-  /* Move the good ones to the front, in order. A receive of 0 bytes is EOF
-   * (recvmmsg reads EOF again for the rest of the vector): the connections before
-   * it are returned now, the EOF on the next call. */
+  /* Move the good ones to the front, in order. A receive of 0 bytes is EOF or an
+   * empty datagram (which we never send): look at every entry all the same, so
+   * that the fds of entries after it are delivered or closed, never leaked. An
+   * EOF is reported only when no connection came with it (then on the next call
+   * otherwise, recvmmsg reading it again). */
   for (i = 0; i < n; i++) {
     int received[PC_CHANNEL_MAX_FDS], nreceived = 0;
     int rc = check_received(fd, &msgs[i].msg_hdr, msgs[i].msg_len, &headers[i], &conns[i],
                             sizeof conns[i], received, &nreceived);
-    if (rc == 1) return got;
+    if (rc == 1) {
+      eof = 1;
+      continue;
+    }
     if (rc == 0 && headers[i].kind != PC_MSG_CONN) {
       /* only connections travel on this channel: drop anything else */
       close_fds(received, nreceived);
@@ -269,7 +288,9 @@ int pc_channel_recv_conns(int fd, struct pc_conn_msg *conns, int *fds, int max) 
     if (got != i) conns[got] = conns[i];
     fds[got++] = received[0];
   }
-  return got > 0 ? got : malformed ? -EBADMSG : -EAGAIN;
+  if (got > 0) return got;
+  if (eof) return 0;
+  return malformed ? -EBADMSG : -EAGAIN;
 }
 
 static int wait_for(int fd, short events, int64_t timeout_ns) {

@@ -24,6 +24,9 @@ struct pc__outmsg {
 /* Fill *out and *msg for one message; -EINVAL / -EMSGSIZE on bad arguments. */
 int pc__channel_prepare(struct msghdr *msg, struct pc__outmsg *out, uint32_t kind, uint64_t seq,
                         const void *payload, uint32_t length, const int *fds, int nfds);
+/* The fds of every SCM_RIGHTS cmsg of a received message into fds[PC_CHANNEL_MAX_FDS]
+ * (none closed): 0, or -EBADMSG for any other cmsg or a malformed one. */
+int pc__channel_collect_fds(struct msghdr *msg, int *fds, int *nfds);
 /* The channel API's errno for a failed sendmsg/sendmmsg: a gone peer is -EPIPE
  * whichever way the kernel says it. */
 int pc__channel_send_error(int err);

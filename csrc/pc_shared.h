@@ -135,12 +135,23 @@ enum { PC_WAIT_OK = 0, PC_WAIT_NOT_EQUAL = 1, PC_WAIT_TIMED_OUT = 2 };
  * -EAGAIN when the waiter table is full. */
 int pc_wait_register(void *header, void *cell, uint64_t byte_offset, int width,
                      int64_t expected, int *slot);
-/* Block on a registered slot: polls it `spin` times, then sleeps in the kernel.
+/* Block on a registered slot: polls it at most `spin` times (fewer, or none, when
+ * spinning does not pay: one usable CPU, or recent waits on this cell that the
+ * spin did not catch; see spin.c), then sleeps in the kernel.
  * timeout_ns < 0 waits forever. Returns PC_WAIT_OK (notified), PC_WAIT_TIMED_OUT,
  * or -EINTR (run the signal handlers, then call again with the time left). The
  * slot stays taken either way: the caller always ends with pc_wait_release, in a
  * `finally`, so a slot is freed exactly once whatever a signal handler raises. */
 int pc_wait_block(void *header, int slot, int64_t timeout_ns, uint32_t spin);
+/* The three steps in one call, for the common case, on element `index` of a typed
+ * array whose elements (`width` bytes each) start at `base`, base_offset bytes into
+ * the region's data. Returns PC_WAIT_OK, PC_WAIT_NOT_EQUAL or PC_WAIT_TIMED_OUT
+ * with the slot freed; -EAGAIN (table full) or -EINVAL (width) with no slot taken
+ * (*slot is -1 then); or -EINTR with the slot still taken in *slot: the caller runs
+ * its signal handlers, then resumes with pc_wait_block and ends with
+ * pc_wait_release (in a `finally`), as for the separate steps. */
+int pc_wait(void *header, void *base, uint64_t base_offset, uint64_t index, int width,
+            int64_t expected, int64_t timeout_ns, uint32_t spin, int *slot);
 /* Free the slot; returns PC_WAIT_OK when a notify counted this waiter (the wait
  * reports "ok", even if it had timed out a moment before), else PC_WAIT_TIMED_OUT. */
 int pc_wait_release(void *header, int slot);
@@ -155,31 +166,55 @@ int pc_waiters(void *header, uint64_t byte_offset);
 
 /* ---- sync primitives: each one lives in 32-bit words of a region ------------
  * All take the address of their first word (4-byte aligned). Timeouts: ns, < 0
- * forever. Blocking calls return 0 on success, -ETIMEDOUT, or -EINTR (call again
- * with the time left). */
+ * forever. `spin` bounds the polls before sleeping, as for pc_wait_block. Blocking
+ * calls return 0 on success, -ETIMEDOUT, or -EINTR (call again with the time left).
+ *
+ * mutex: one word, 0 when unlocked, else the owner's thread id | 0x80000000 when
+ * others may sleep on it (futex(2)'s robust word format). Robust: when the owner's
+ * thread is gone (its process died), the next pc_mutex_lock takes the mutex and
+ * returns -EOWNERDEAD instead of 0; the mutex is then held by the caller. A
+ * sleeper notices a dead owner within half a second at most. Any thread may
+ * unlock (threading.Lock semantics). */
+/* The primitives' layouts, for Python to size and read them (ffi.sizeof, fields);
+ * the C code accesses the same words atomically (pinned with static asserts in
+ * sync.c). */
+struct pc_mutex { uint32_t word; };
+struct pc_cond { uint32_t sequence; uint32_t waiters; };
+struct pc_sem { uint32_t value; uint32_t sleepers; };
+struct pc_barrier { uint32_t parties; uint32_t state; uint32_t broken; };
 int pc_mutex_lock(void *mutex, int64_t timeout_ns, uint32_t spin);
+/* 0 or -EBUSY: one compare-and-swap, no look at the owner (pc_mutex_lock with
+ * timeout 0 looks: 0, -EOWNERDEAD or -ETIMEDOUT; it finds an owner that is gone,
+ * but not yet one whose process is a zombie, which a lock that naps does). */
 int pc_mutex_trylock(void *mutex);
 /* -EPERM when the mutex is not locked. */
 int pc_mutex_unlock(void *mutex);
+/* The owner's thread id, 0 when unlocked (for diagnostics and tests). */
+int pc_mutex_owner(void *mutex);
 /* cond: two words (sequence, waiters). The mutex is released while waiting and
- * re-acquired before return (also on timeout and -EINTR). */
+ * re-acquired before return (also on timeout and -EINTR); -EOWNERDEAD when the
+ * re-acquire took it over from a dead owner; -EPERM when the mutex was not held. */
 int pc_cond_wait(void *cond, void *mutex, int64_t timeout_ns);
 int pc_cond_notify(void *cond, int64_t count);
-/* sem: two words (value, waiters). */
-int pc_sem_init(void *sem, uint32_t value);
+/* sem: two words (value, sleepers). No owner, so no robustness: a process that dies
+ * between acquire and release takes its unit with it. release: -EOVERFLOW when the
+ * value would pass 2**32-1. */
+void pc_sem_init(void *sem, uint32_t value);
 int pc_sem_acquire(void *sem, int64_t timeout_ns, uint32_t spin);
 int pc_sem_release(void *sem, uint32_t n);
 int pc_sem_value(void *sem);
 /* barrier: three words (parties, state = generation << 16 | arrived, broken).
- * pc_barrier_arrive returns the arrival index (parties - 1 for the arrival that
- * releases the others) and the generation to pass to pc_barrier_await, which
- * returns 0 once that generation is released, -ETIMEDOUT (the barrier is then
- * broken), -EPIPE when it is broken, or -EINTR (call again). */
+ * pc_barrier_init: -EINVAL parties outside 1..65535, -EEXIST set up for another
+ * count. pc_barrier_arrive returns the arrival index (parties - 1 for the arrival
+ * that releases the others) and the generation to pass to pc_barrier_await, or
+ * -EPIPE when broken; pc_barrier_await returns 0 once that generation is released
+ * (with acquire order: what the other parties wrote before arriving is visible),
+ * -ETIMEDOUT (the barrier is then broken), -EPIPE when it is broken, or -EINTR. */
 int pc_barrier_init(void *barrier, uint32_t parties);
 int pc_barrier_arrive(void *barrier, uint32_t *generation);
 int pc_barrier_await(void *barrier, uint32_t generation, int64_t timeout_ns, uint32_t spin);
 /* Break the barrier (a party leaves without waiting: an exception, abort()); every
  * waiter and later arrival then gets -EPIPE. */
-int pc_barrier_abort(void *barrier);
+void pc_barrier_abort(void *barrier);
 
 #endif

@@ -5,7 +5,8 @@
 #include "internal.h"
 
 #define PC_REGION_MAGIC 0x31524350594c4350ULL /* "PCLYPCR1" little-endian */
-#define PC_REGION_VERSION 1
+/* 2: the table lock holds its owner's thread id (robust, sync.c) */
+#define PC_REGION_VERSION 2
 /* 64 KiB keeps the data part page-aligned on 4K and 64K page systems; the pages of
  * the waiter table are only touched (and only cost memory) as waiters use them. */
 #define PC_REGION_HEADER_SIZE 65536
@@ -32,7 +33,7 @@ struct pc_region_header {
   uint64_t data_size;
   uint32_t version;
   uint32_t header_size;
-  _Atomic uint32_t lock;  /* guards the waiter table: 0 free, 1 held, 2 contended */
+  _Atomic uint32_t lock;  /* guards the waiter table: a pc__lock word (internal.h) */
   uint32_t slot_limit;    /* slots at and past this index are free */
   uint64_t next_ticket;
   uint8_t reserved[24];

@@ -8,9 +8,10 @@
  *   - a store + notify can never fall between a waiter's check and its sleep
  *     (the waiter compared under the lock, the notifier scans under the lock);
  *   - "ok" means a notify counted this waiter, never a spurious wake-up.
- * Waiters spin briefly on their slot before sleeping: on a two-core machine the
- * notifier usually arrives within microseconds, and a futex round trip costs tens.
- * A notifier only makes the wake syscall for a waiter that went to sleep.
+ * Waiters spin on their slot before sleeping while spinning pays (spin.c: not
+ * with one usable CPU, and per cell as recent waits say): on two free CPUs the
+ * notifier usually arrives within microseconds, and a futex round trip costs
+ * tens. A notifier only makes the wake syscall for a waiter that went to sleep.
  */
 #include "region.h"
 #include "pc_shared.h"
@@ -21,25 +22,15 @@
 
 #define LOCK_SPIN 200
 
+/* The table lock is the core's one futex lock (sync.c): robust, so a process
+ * killed while holding it (a SIGKILL in the few instructions it is held) does not
+ * wedge every later wait and notify on the region. */
 static void table_lock(struct pc_region_header *h) {
-  uint32_t c = 0;
-  int i;
-  for (i = 0; i < LOCK_SPIN; i++) {
-    c = 0;
-    if (atomic_compare_exchange_weak(&h->lock, &c, 1)) return;
-    pc__cpu_relax();
-  }
-  /* Drepper's "Futexes are tricky" mutex #3: 2 marks "someone may sleep". */
-  if (c != 2) c = atomic_exchange(&h->lock, 2);
-  while (c != 0) {
-    pc__futex_wait(&h->lock, 2, -1); /* EINTR: just look again, the hold is short */
-    c = atomic_exchange(&h->lock, 2);
-  }
+  while (pc__lock(&h->lock, -1, LOCK_SPIN) == -EINTR)
+    ; /* the hold is short: look again, the caller's handlers run after */
 }
 
-static void table_unlock(struct pc_region_header *h) {
-  if (atomic_exchange(&h->lock, 0) == 2) pc__futex_wake(&h->lock, 1);
-}
+static void table_unlock(struct pc_region_header *h) { pc__unlock(&h->lock); }
 
 static int cell_equals(void *cell, int width, int64_t expected) {
   if (width == 8) return atomic_load((_Atomic int64_t *)cell) == expected;
@@ -124,13 +115,18 @@ int pc_wait_block(void *header, int slot, int64_t timeout_ns, uint32_t spin) {
   struct pc_region_header *h = header;
   struct pc_waiter *w;
   int64_t deadline = pc__deadline(timeout_ns);
-  uint32_t expected = PC_WAITER_WAITING, i;
+  uint32_t expected = PC_WAITER_WAITING, i, budget;
+  const void *cell;
   if (slot < 0 || slot >= PC_WAITER_SLOTS) return -EINVAL;
   w = &h->waiters[slot];
+  /* the spin history's key: this mapping's address of the cell (never dereferenced) */
+  cell = (const void *)((uintptr_t)h + PC_REGION_HEADER_SIZE + (uintptr_t)w->byte_offset);
   if (timeout_ns == 0) spin = 0;
-  for (i = 0; i < spin && atomic_load_explicit(&w->state, memory_order_relaxed) ==
-                              PC_WAITER_WAITING; i++)
+  budget = pc__spin_budget(cell, spin);
+  for (i = 0; i < budget && atomic_load_explicit(&w->state, memory_order_relaxed) ==
+                                PC_WAITER_WAITING; i++)
     pc__cpu_relax();
+  if (budget > 0) pc__spin_done(cell, spin, budget, i, i < budget);
   /* Announce the sleep; a notifier that already marked us leaves the CAS failing. */
   atomic_compare_exchange_strong(&w->state, &expected, PC_WAITER_SLEEPING);
   for (;;) {
@@ -143,6 +139,22 @@ int pc_wait_block(void *header, int slot, int64_t timeout_ns, uint32_t spin) {
     if (rc == -EINTR) return -EINTR;
   }
   return atomic_load(&w->state) == PC_WAITER_NOTIFIED ? PC_WAIT_OK : PC_WAIT_TIMED_OUT;
+}
+
+int pc_wait(void *header, void *base, uint64_t base_offset, uint64_t index, int width,
+            int64_t expected, int64_t timeout_ns, uint32_t spin, int *slot) {
+  int taken, rc;
+  *slot = -1;
+  if (width != 4 && width != 8) return -EINVAL;
+  rc = pc_wait_register(header, (char *)base + index * (uint64_t)width,
+                        base_offset + index * (uint64_t)width, width, expected, &taken);
+  if (rc != PC_WAIT_OK) return rc; /* not-equal, -EAGAIN: no slot taken */
+  rc = pc_wait_block(header, taken, timeout_ns, spin);
+  if (rc == -EINTR) {
+    *slot = taken; /* the caller resumes with pc_wait_block, then releases */
+    return rc;
+  }
+  return pc_wait_release(header, taken);
 }
 
 int pc_wait_abort(void *header, int slot) {
@@ -158,13 +170,13 @@ int pc_wait_abort(void *header, int slot) {
   return 0;
 }
 
-/* Notifies the waiter in a slot (waking it if it sleeps) and returns 1, or frees
- * the slot and returns 0 when its process is gone. Called with the lock held. */
-static int notify_slot(struct pc_region_header *h, int slot) {
+/* Marks the waiter in a slot notified and returns 1 (adding the slot to wake[] when
+ * it sleeps in the kernel), or frees the slot and returns 0 when its process is
+ * gone. Called with the lock held. */
+static int notify_slot(struct pc_region_header *h, int slot, int *wake, int *nwake) {
   struct pc_waiter *w = &h->waiters[slot];
   if (reclaim_if_dead(h, slot)) return 0;
-  if (atomic_exchange(&w->state, PC_WAITER_NOTIFIED) == PC_WAITER_SLEEPING)
-    pc__futex_wake(&w->state, 1);
+  if (atomic_exchange(&w->state, PC_WAITER_NOTIFIED) == PC_WAITER_SLEEPING) wake[(*nwake)++] = slot;
   return 1;
 }
 
@@ -172,14 +184,20 @@ static int waits_on(const struct pc_waiter *w, uint64_t byte_offset) {
   return is_waiting(atomic_load(&w->state)) && w->byte_offset == byte_offset;
 }
 
+/* The wake-ups are made after the table lock is released: a woken waiter goes
+ * straight for the lock (pc_wait_release), and on one CPU it often runs before
+ * the notifier, which would otherwise still hold it (a sleep and a wake more per
+ * round trip). A slot freed and reused in between gets a spurious wake-up, which
+ * its pc_wait_block ignores (it re-checks its state). */
 int pc_notify(void *header, uint64_t byte_offset, int64_t count) {
   struct pc_region_header *h = header;
+  int wake[PC_WAITER_SLOTS]; /* 8 KiB of stack: at most one entry per slot */
   uint32_t i;
-  int woken = 0;
+  int woken = 0, nwake = 0, k;
   table_lock(h);
   if (count < 0) { /* all of them: one pass, order does not matter */
     for (i = 0; i < h->slot_limit; i++)
-      if (waits_on(&h->waiters[i], byte_offset)) woken += notify_slot(h, (int)i);
+      if (waits_on(&h->waiters[i], byte_offset)) woken += notify_slot(h, (int)i, wake, &nwake);
   }
   while (count >= 0 && woken < count) { /* oldest first */
     int oldest = -1;
@@ -188,9 +206,10 @@ int pc_notify(void *header, uint64_t byte_offset, int64_t count) {
           (oldest < 0 || h->waiters[i].ticket < h->waiters[oldest].ticket))
         oldest = (int)i;
     if (oldest < 0) break;
-    woken += notify_slot(h, oldest);
+    woken += notify_slot(h, oldest, wake, &nwake);
   }
   table_unlock(h);
+  for (k = 0; k < nwake; k++) pc__futex_wake(&h->waiters[wake[k]].state, 1);
   return woken;
 }
 

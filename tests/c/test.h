@@ -7,6 +7,10 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include "pc_shared.h"
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define ASSERT(expr)                                                                  \
   do {                                                                                \
@@ -40,6 +44,24 @@ static inline int count_open_fds(void) {
   while ((e = readdir(dir)) != NULL) n += e->d_name[0] != '.';
   closedir(dir);
   return n - 1; /* the directory's own fd */
+}
+
+/* The data part of a region (what Python maps), for the shared-memory tests. */
+static inline char *map_data(int fd, uint64_t size) {
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)pc_region_header_size());
+  ASSERT(p != MAP_FAILED);
+  return p;
+}
+
+/* Reap n children; each must have exited 0. */
+static inline void expect_children_ok(const pid_t *pids, int n) {
+  int i, status;
+  for (i = 0; i < n; i++) {
+    ASSERT_EQ(waitpid(pids[i], &status, 0), pids[i]);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+      fprintf(stderr, "child %d: status 0x%x\n", (int)pids[i], status);
+    ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
 }
 
 #define RUN_TEST(fn)                                                                  \

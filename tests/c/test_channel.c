@@ -290,7 +290,7 @@ static void test_malformed(void) {
   int ch[2], p[2], many[40], i, before, one = 1;
   struct received r;
   struct pc_msg_header h;
-  char frame[64];
+  char frame[64] = {0}; /* zeroed: valgrind checks every byte sent */
   struct pc_conn_msg conn;
   ASSERT_EQ(pc_channel_pair(ch), 0);
   ASSERT_EQ(pipe(p), 0);
@@ -461,6 +461,36 @@ static void test_recv_conns(void) {
   ASSERT_EQ(count_open_fds(), before);
 }
 
+/* An empty datagram in the middle of a batch, then the peer closes: the
+ * connections after it are still delivered (their fds neither lost nor leaked),
+ * and EOF comes on the next call. The old loop stopped at the empty entry and
+ * leaked the rest of the batch. */
+static void test_recv_conns_empty_datagram(void) {
+  struct pc_conn_msg conn, got[PC_CHANNEL_RECV_CONNS_MAX];
+  int ch[2], p[2], fds[PC_CHANNEL_RECV_CONNS_MAX], i, before = count_open_fds();
+  ASSERT_EQ(pc_channel_pair(ch), 0);
+  ASSERT_EQ(pipe(p), 0);
+  memset(&conn, 0, sizeof conn);
+  conn.listener_id = 7;
+  ASSERT_EQ(pc_channel_send(ch[0], PC_MSG_CONN, 1, &conn, sizeof conn, &p[1], 1), 0);
+  send_raw(ch[0], "", 0, NULL, 0);
+  send_raw(ch[0], "", 0, &p[1], 1); /* empty, with an fd: malformed, closed */
+  for (i = 0; i < 3; i++)
+    ASSERT_EQ(pc_channel_send(ch[0], PC_MSG_CONN, 2 + (uint64_t)i, &conn, sizeof conn, &p[1], 1), 0);
+  close(ch[0]);
+  ASSERT_EQ(pc_channel_recv_conns(ch[1], got, fds, PC_CHANNEL_RECV_CONNS_MAX), 4);
+  for (i = 0; i < 4; i++) {
+    ASSERT_EQ(got[i].listener_id, 7);
+    check_pipe_end(fds[i], p[0]);
+    close(fds[i]);
+  }
+  ASSERT_EQ(pc_channel_recv_conns(ch[1], got, fds, PC_CHANNEL_RECV_CONNS_MAX), 0);
+  close(ch[1]);
+  close(p[0]);
+  close(p[1]);
+  ASSERT_EQ(count_open_fds(), before);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_DFL); /* a SIGPIPE would fail the test */
   RUN_TEST(test_pair_flags);
@@ -475,5 +505,6 @@ int main(void) {
   RUN_TEST(test_malformed_across_fork);
   RUN_TEST(test_wait_timeout);
   RUN_TEST(test_recv_conns);
+  RUN_TEST(test_recv_conns_empty_datagram);
   return 0;
 }

@@ -1,5 +1,8 @@
 """Mutex, Condition, Semaphore and Barrier in a SharedBuffer, across threads and processes."""
+import pickle
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -7,6 +10,7 @@ import pytest
 
 from conftest import poll
 from pyclusterc import Atomics, Barrier, Condition, Int32Array, Mutex, Semaphore, SharedBuffer
+from pyclusterc.shared import OwnerDied
 
 # An exception in a helper thread (a waiter, wait_async's thread) fails the test.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
@@ -73,8 +77,8 @@ def test_mutex_basics():
         m.release()
     with m:
         assert m.locked()
-        # another object over the same bytes is the same lock
-        assert Mutex(buf, 0).acquire(blocking=False) is False
+        with pytest.raises(ValueError, match="bytes 0..3"):
+            Mutex(buf, 0)  # a second object over the same bytes in one process
     assert not m.locked()
     with pytest.raises(TypeError):
         m.acquire(timeout="1")
@@ -252,7 +256,8 @@ def test_semaphore_basics():
     assert s.acquire(timeout=0.1) is False
     assert 0.1 <= time.monotonic() - start < 1.5
     s.release(3)
-    assert Semaphore(buf, 0).value == 3  # None attaches without resetting
+    with pytest.raises(ValueError, match="overlaps the Semaphore at bytes 0..7"):
+        Semaphore(buf, 4)
     with s:
         assert s.value == 2
     assert s.value == 3
@@ -446,3 +451,271 @@ def test_barrier_abort_and_raising_handler_break_it():
         other.wait(10)
     t.join(10)
 
+
+
+# ---- threading's signatures: primitives that allocate their own memory --------------------------
+
+def test_own_memory_signatures():
+    m = Mutex()
+    assert isinstance(m.buffer, SharedBuffer) and m.byte_offset == 0 and not m.locked()
+    assert Semaphore().value == 1
+    assert Semaphore(3).value == 3
+    assert Semaphore(value=0).value == 0
+    with pytest.raises(ValueError):
+        Semaphore(-1)
+    with pytest.raises(TypeError):
+        Semaphore("1")
+    b = Barrier(2, None, 5.0)
+    assert (b.parties, b.action, b.timeout) == (2, None, 5.0)
+    assert Barrier(1).wait() == 0
+    with pytest.raises(ValueError):
+        Barrier(0)
+    with pytest.raises(TypeError):
+        Barrier(2, action="not callable")
+    with pytest.raises(TypeError):
+        Barrier(2, timeout="soon")
+    c = Condition()
+    assert isinstance(c.mutex, Mutex)
+    assert Condition(m).mutex is m and Condition(lock=m).mutex is m
+    with pytest.raises(TypeError):
+        Condition(threading.Lock())
+
+
+def test_own_memory_shared_with_forks(fork):
+    m, s, b = Mutex(), Semaphore(0), Barrier(2)
+    c = Condition()
+    flag = Int32Array(1)
+
+    def child():
+        assert m.acquire(blocking=False) is False  # the parent holds it
+        s.release()
+        assert b.wait(timeout=20) in (0, 1)
+        with c:
+            while flag[0] == 0:
+                c.wait(20)
+
+    m.acquire()
+    proc = fork(child)
+    assert s.acquire(timeout=20)
+    assert b.wait(timeout=20) in (0, 1)
+    with c:
+        flag[0] = 1
+        c.notify_all()
+    m.release()
+    assert proc.join() == 0
+
+
+def test_barrier_action_runs_once_before_release():
+    rounds, seen = [], []
+    b = Barrier(3, action=lambda: rounds.append(len(rounds)))
+
+    def party():
+        for r in range(50):
+            b.wait(timeout=20)
+            seen.append(len(rounds) > r)  # the action of round r ran before anyone left it
+
+    threads = [threading.Thread(target=party) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert rounds == list(range(50))
+    assert len(seen) == 150 and all(seen)
+
+
+def test_barrier_action_that_raises_breaks_it():
+    def boom():
+        raise KeyError("action")
+
+    b = Barrier(2, action=boom)
+    errors = []
+
+    def party():
+        try:
+            b.wait(timeout=20)
+        except threading.BrokenBarrierError:
+            errors.append("broken")
+        except KeyError:
+            errors.append("action")
+
+    t = threading.Thread(target=party)
+    t.start()
+    party()
+    t.join(30)
+    assert sorted(errors) == ["action", "broken"]
+    assert b.broken
+
+
+# ---- placements ---------------------------------------------------------------------------------
+
+def test_overlapping_placements_refused():
+    buf = SharedBuffer(64)
+    m = Mutex(buf, 8)
+    for cls, offset in ((Mutex, 8), (Semaphore, 4), (Barrier, 0), (Condition, 8)):
+        with pytest.raises(ValueError) as e:
+            if cls is Barrier:
+                Barrier(buf, offset, 2)
+            elif cls is Condition:
+                Condition(buf, offset, Mutex())
+            else:
+                cls(buf, offset)
+        assert "overlaps the Mutex at bytes 8..11" in str(e.value) and "\n" not in str(e.value)
+    neighbours = Semaphore(buf, 0, 1), Mutex(buf, 12)  # adjacent bytes are fine
+    del m, e  # (the exception's traceback holds the Mutex too)
+    assert Mutex(buf, 8).byte_offset == 8  # freed with the object that held them
+    assert neighbours
+
+
+def test_overlap_seen_through_a_second_mapping(shm_name):
+    buf = SharedBuffer(16, name=shm_name)
+    other = SharedBuffer.open(shm_name)
+    m = Mutex(buf, 0)
+    with pytest.raises(ValueError, match="bytes 0..3"):
+        Mutex(other, 0)
+    del m
+
+
+def test_other_process_attaches_by_placement(shm_name):
+    buf = SharedBuffer(16, name=shm_name)
+    m = Mutex(buf, 0)
+    s = Semaphore(buf, 8, 5)
+    m.acquire()
+    code = ("import sys\nfrom pyclusterc import Mutex, Semaphore, SharedBuffer\n"
+            f"buf = SharedBuffer.open({shm_name!r})\n"
+            "ok = Mutex(buf, 0).acquire(blocking=False) is False and Semaphore(buf, 8).value == 5\n"
+            "sys.exit(0 if ok else 1)\n")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+    m.release()
+    assert s.value == 5
+
+
+def test_primitives_refuse_plain_pickle():
+    for obj in (Mutex(), Semaphore(), Barrier(2), Condition()):
+        with pytest.raises(TypeError, match="only be sent through pyclusterc"):
+            pickle.dumps(obj)
+
+
+def _worker_uses_primitives():
+    from pyclusterc.workers import parent_port, worker_data
+    m, s, c, b = worker_data
+    busy = m.acquire(blocking=False) is False
+    s.release()
+    assert m.acquire(timeout=20)
+    m.release()
+    b.wait(timeout=20)
+    parent_port.post_message((busy, c.mutex is m, b.parties))
+
+
+@pytest.mark.parametrize("backend", ["process", "thread"])
+def test_primitives_sent_to_a_worker(backend):
+    from pyclusterc.workers import Worker
+    m, s, b = Mutex(), Semaphore(0), Barrier(2)
+    c = Condition(m)
+    m.acquire()
+    w = Worker(_worker_uses_primitives, worker_data=(m, s, c, b), backend=backend)
+    try:
+        assert s.acquire(timeout=20)
+        m.release()
+        b.wait(timeout=20)
+        assert w.receive(timeout=20) == (True, True, 2)
+        assert w.join(20) == 0
+    finally:
+        w.terminate()
+
+
+# ---- robust Mutex ---------------------------------------------------------------------------------
+
+def test_owner_died_next_acquirer_recovers(fork):
+    m = Mutex()
+    assert fork(lambda: 0 if m.acquire() else 1).join() == 0  # exits holding it
+    assert m.locked()
+    with pytest.raises(OwnerDied) as e:
+        m.acquire(timeout=5)
+    assert "previous owner died" in str(e.value) and e.value.mutex is m
+    assert m.locked()  # held by us now
+    m.release()
+    assert m.acquire(timeout=0) is True
+    m.release()
+
+
+def test_owner_died_with_statement_releases(fork):
+    m = Mutex()
+    assert fork(lambda: 0 if m.acquire() else 1).join() == 0
+    with pytest.raises(OwnerDied):
+        with m:
+            pytest.fail("the block must not run")
+    assert not m.locked()
+    with m:
+        assert m.locked()
+
+
+def test_owner_killed_while_others_wait(fork):
+    m = Mutex()
+    flag = Int32Array(1)
+
+    def holder():
+        m.acquire()
+        Atomics.store(flag, 0, 1)
+        Atomics.notify(flag, 0)
+        time.sleep(60)
+
+    proc = fork(holder)
+    while Atomics.load(flag, 0) == 0:
+        Atomics.wait(flag, 0, 0, 20)
+    assert m.acquire(timeout=0.05) is False  # alive: really held
+    outcome = []
+
+    def waiter():
+        try:
+            outcome.append(m.acquire(timeout=20))
+        except OwnerDied:
+            outcome.append("owner died")
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.05)
+    start = time.monotonic()
+    proc.kill()
+    t.join(20)
+    assert outcome == ["owner died"]
+    assert time.monotonic() - start < 3
+    m.release()
+
+
+def test_owner_died_nonblocking(fork):
+    m = Mutex()
+    assert fork(lambda: 0 if m.acquire() else 1).join() == 0
+    with pytest.raises(OwnerDied):
+        m.acquire(blocking=False)
+    m.release()
+
+
+# ---- CPython gh-77894: no buffer export held on a memoryview ---------------------------------------
+
+GH_77894 = """
+import gc, io, pickle
+from pyclusterc import Int32Array, Mutex
+class Box:
+    pass
+def make():
+    box = Box()
+    box.ta = Int32Array(4)
+    box.mutex = Mutex()
+    box.me = box
+    try:
+        pickle._Pickler(io.BytesIO(), 5).dump(box)   # pure-Python pickler, as cloudpickle
+    except TypeError as e:
+        box.error = e  # traceback -> frames -> the reduce results: a reference cycle
+for _ in range(20):
+    make()
+gc.collect()
+print("collected")
+"""
+
+
+def test_typed_array_in_failed_pickle_cycle_does_not_crash():
+    # Before: "Exception ignored in tp_clear of memoryview" then SIGSEGV (exit -11) on 3.10-3.12.
+    out = subprocess.run([sys.executable, "-c", GH_77894], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "collected"
+    assert "tp_clear" not in out.stderr

@@ -14,7 +14,7 @@ import sys
 from .._lowlevel.native import EPROTO, ENOENT, ENOMEM, ffi, lib, os_error
 
 __all__ = [
-    "SharedBuffer", "TypedArray",
+    "SharedBuffer", "TypedArray", "IntegerArray",
     "Int8Array", "Uint8Array", "Int16Array", "Uint16Array", "Int32Array", "Uint32Array",
     "BigInt64Array", "BigUint64Array", "Float32Array", "Float64Array",
 ]
@@ -76,8 +76,10 @@ class SharedBuffer(mmap.mmap):
         return cls._from_fd(fd, name)
 
     @classmethod
-    def _from_fd(cls, fd, name=None):
-        """Map a region whose fd we own (opened, or received over a channel)."""
+    def from_fd(cls, fd, name=None):
+        """Map the region of an fd this SharedBuffer then owns (closes): one received
+        over a channel (SCM_RIGHTS), or a dup. ValueError when the fd is not a
+        pyclusterc SharedBuffer (the fd is closed then too)."""
         size = ffi.new("uint64_t *")
         rc = lib.pc_region_data_size(fd, size)
         if rc < 0:
@@ -86,6 +88,8 @@ class SharedBuffer(mmap.mmap):
                 raise ValueError(f"{name or 'fd'!r} is not a pyclusterc SharedBuffer")
             raise os_error(rc, f"cannot read SharedBuffer {name!r}")
         return cls._attach(fd, size[0], name)
+
+    _from_fd = from_fd  # the name ipc/, cluster/ and workers/ still call; from_fd is the seam
 
     @classmethod
     def _attach(cls, fd, size, name):
@@ -194,7 +198,14 @@ def _reducer(bits, signed):
 class TypedArray:
     """A view of ``length`` elements of a SharedBuffer, like JS's typed arrays."""
 
-    __slots__ = ("buffer", "byte_offset", "length", "_items", "_ptr", "_header")
+    # _items (a memoryview of the elements) serves indexing; _base holds the one
+    # buffer export that pins the mapping for the C calls, taken on the SharedBuffer
+    # itself and not on a memoryview: CPython 3.10-3.12 crash when the garbage
+    # collector clears a memoryview that still has an export (gh-77894), which a
+    # typed array caught in a failed pickle inside a reference cycle reaches.
+    # _ptr points into _base and is what the fast paths pass to C.
+    __slots__ = ("buffer", "byte_offset", "length", "_items", "_base", "_ptr", "_header",
+                 "__weakref__")
     BYTES_PER_ELEMENT = 0
     _format = ""
     _typestr = ""
@@ -229,12 +240,18 @@ class TypedArray:
         self.byte_offset = byte_offset
         self.length = length
         self._items = memoryview(buffer)[byte_offset:byte_offset + length * size].cast(self._format)
-        self._ptr = ffi.from_buffer(self._items) if length else ffi.NULL
+        self._base = ffi.from_buffer(buffer)
+        self._ptr = self._base + byte_offset if length else ffi.NULL
         self._header = buffer._header
 
     @property
     def byte_length(self):
         return self.length * self.BYTES_PER_ELEMENT
+
+    def __reduce__(self):
+        # The buffer travels by fd through pyclusterc channels and refuses other
+        # picklers with a sentence that says so; never the views' internals.
+        return type(self), (self.buffer, self.byte_offset, self.length)
 
     def __len__(self):
         return self.length
@@ -335,7 +352,7 @@ def _compare_exchange_method(cfunc, reduce):
     return compare_exchange
 
 
-class _IntegerArray(TypedArray):
+class IntegerArray(TypedArray):
     """Typed arrays that Atomics accepts; they carry the method forms (the fast path)."""
 
     __slots__ = ()
@@ -361,7 +378,7 @@ class _IntegerArray(TypedArray):
 
 
 def _integer_array(name, suffix, fmt, typestr, bits, signed):
-    return type(name, (_IntegerArray,), {
+    return type(name, (IntegerArray,), {
         "__slots__": (), "__module__": __name__, "BYTES_PER_ELEMENT": bits // 8,
         "_suffix": suffix, "_format": fmt, "_typestr": typestr, "_bits": bits, "_signed": signed,
     })
