@@ -193,7 +193,7 @@ class _ClusterModule(types.ModuleType):
         slot = None
         board_fd = os.environ.pop(ENV_SCOREBOARD, None)
         if board_fd is not None:
-            board = SharedBuffer._from_fd(int(board_fd))
+            board = SharedBuffer.from_fd(int(board_fd))
             slot = ScoreSlot(board, int(os.environ.pop(ENV_SLOT)))
         self._state = WorkerSelf(worker_id, Channel(channel_fd), Channel(conn_fd), slot, policy)
 

@@ -149,6 +149,9 @@ class Primary(EventEmitter):
                 raise os_error(err[0], "cannot create the dispatch loop")
             self.dispatch = ffi.gc(d, lib.pc_dispatch_free)
             self.scoreboard = SharedBuffer(SLOT_BYTES * MAX_SLOTS)
+            # The dispatch loop reads the slots (least): a C view of the same memory.
+            self.scoreboard_view = ffi.from_buffer(self.scoreboard)
+            self.slots = ffi.cast("struct pc_score_slot *", self.scoreboard_view)
         return self.dispatch
 
     def watch(self, fd, callback):
@@ -210,7 +213,7 @@ class Primary(EventEmitter):
         self.workers[worker_id] = worker
         worker._channel_token = self.watch(primary_end, lambda w=worker: self.on_worker_readable(w))
         check(lib.pc_dispatch_add_worker(dispatch, worker_id, conn_primary_end,
-                                            ffi.cast("struct pc_score_slot *", slot.u32._ptr)),
+                                            self.slots + slot_index),
                  f"worker {worker_id}")
         worker._pidfd = os.pidfd_open(pid)
         worker._pidfd_token = self.watch(worker._pidfd, lambda w=worker: self.on_exit(w))

@@ -5,14 +5,24 @@ limits in Python)."""
 import socket
 import time
 
-from .._lowlevel.native import lib
+from .._lowlevel.native import ffi
 from ..shared.buffer import BigUint64Array, Uint32Array
 
-SLOT_BYTES = 64
+# The layout is C's (struct pc_score_slot, csrc/pc_dispatch.h: the dispatch loop reads
+# it too): each field as an index into 32- or 64-bit views of a slot.
+SLOT_BYTES = ffi.sizeof("struct pc_score_slot")
 MAX_SLOTS = 1024
-# Score slot fields, as indexes into 32- and 64-bit views of a slot (see pc_dispatch.h).
-U32_PID, U32_STATE, U32_INFLIGHT, U32_CONNECTIONS = 0, 1, 6, 7
-U64_HEARTBEAT, U64_REQUESTS, U64_HANDED = 1, 2, 4
+
+
+def _field(name, width):
+    offset = ffi.offsetof("struct pc_score_slot", name)
+    assert offset % width == 0, f"pc_score_slot.{name} is not {width}-byte aligned"
+    return offset // width
+
+
+U32_PID, U32_STATE = _field("pid", 4), _field("state", 4)
+U32_INFLIGHT, U32_CONNECTIONS = _field("inflight", 4), _field("connections", 4)
+U64_HEARTBEAT, U64_REQUESTS, U64_HANDED = _field("heartbeat_ns", 8), _field("requests", 8), _field("handed", 8)
 
 
 class ScoreSlot:
@@ -26,8 +36,8 @@ class ScoreSlot:
     def connections_received(self, count):
         """count connections arrived from the primary: `least` stops counting them as
         queued. Once per batch, straight to the atomics (the hot path)."""
-        lib.pc_add_u64(self.u64._ptr, U64_HANDED, count)
-        lib.pc_add_u32(self.u32._ptr, U32_CONNECTIONS, count)
+        self.u64.add(U64_HANDED, count)
+        self.u32.add(U32_CONNECTIONS, count)
 
     # `requests` counts what servers report through request_finished (HTTP requests);
     # connections are counted apart, so a keep-alive connection is not a request.
@@ -35,15 +45,15 @@ class ScoreSlot:
         self.u32.add(U32_CONNECTIONS, 1)
 
     def connection_closed(self):
-        lib.pc_sub_u32(self.u32._ptr, U32_CONNECTIONS, 1)
+        self.u32.sub(U32_CONNECTIONS, 1)
 
     # Per request under ASGI and WSGI: straight to the atomics, like the batch above.
     def request_started(self):
-        lib.pc_add_u32(self.u32._ptr, U32_INFLIGHT, 1)
+        self.u32.add(U32_INFLIGHT, 1)
 
     def request_finished(self):
-        lib.pc_sub_u32(self.u32._ptr, U32_INFLIGHT, 1)
-        lib.pc_add_u64(self.u64._ptr, U64_REQUESTS, 1)
+        self.u32.sub(U32_INFLIGHT, 1)
+        self.u64.add(U64_REQUESTS, 1)
 
     def publish(self, requests, inflight, connections):
         """Totals a server keeps itself, published now and then instead of per request."""
