@@ -4,9 +4,11 @@ Objects travel pickled. A SharedBuffer (or a typed array over one) and a socket 
 by fd (SCM_RIGHTS), so the receiver maps the same memory or owns the same connection;
 nothing is copied. Payloads larger than one packet are sent as fragments, in order.
 """
+import collections
 import copyreg
 import errno
 import io
+import os
 import pickle
 import socket
 import threading
@@ -14,7 +16,8 @@ import threading
 from .._lowlevel.native import EAGAIN, EINTR, call_restarting, ffi, lib, os_error
 from ..shared.buffer import SharedBuffer, TypedArray
 
-__all__ = ["Channel", "ChannelClosed", "KIND_DATA", "KIND_CONTROL", "KIND_CONN"]
+__all__ = ["Channel", "ChannelClosed", "KIND_DATA", "KIND_CONTROL", "KIND_CONN", "Pickler",
+           "Unpickler", "dumps", "loads", "pickle_with_fds", "buffer_from_fd"]
 
 KIND_CONN = lib.PC_MSG_CONN        # an accepted connection from the primary's loop
 KIND_DATA = lib.PC_MSG_DATA        # a user message (pickle)
@@ -35,15 +38,21 @@ def _reduce_typed_array(ta):
     return type(ta), (ta.buffer, ta.byte_offset, ta.length)
 
 
-class _Pickler(pickle.Pickler):
-    """Pickles SharedBuffers and sockets as references to fds sent alongside."""
+def buffer_from_fd(fd, name=None):
+    """A SharedBuffer mapping the memory behind a received fd (which it then owns)."""
+    return SharedBuffer._from_fd(fd, name)   # the one place: shared has no public seam yet
+
+
+class Pickler(pickle.Pickler):
+    """Pickles SharedBuffers and sockets as references to fds sent alongside. Combined
+    with another Pickler class (cloudpickle's), its dispatch table still applies."""
 
     def __init__(self, file, fds):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.fds = fds
-        self.dispatch_table = copyreg.dispatch_table.copy()
-        for cls in _typed_array_classes():
-            self.dispatch_table[cls] = _reduce_typed_array
+        typed_arrays = {cls: _reduce_typed_array for cls in _typed_array_classes()}
+        self.dispatch_table = collections.ChainMap(
+            typed_arrays, getattr(self, "dispatch_table", copyreg.dispatch_table))
 
     def persistent_id(self, obj):
         if isinstance(obj, SharedBuffer):
@@ -59,7 +68,7 @@ class _Pickler(pickle.Pickler):
         return len(self.fds) - 1
 
 
-class _Unpickler(pickle.Unpickler):
+class Unpickler(pickle.Unpickler):
     def __init__(self, file, fds):
         super().__init__(file)
         self.fds = fds
@@ -69,7 +78,7 @@ class _Unpickler(pickle.Unpickler):
         kind, index = pid[0], pid[1]
         self.used.add(index)
         if kind == "SharedBuffer":
-            return SharedBuffer._from_fd(self.fds[index], pid[2])
+            return buffer_from_fd(self.fds[index], pid[2])
         if kind == "socket":
             return socket.socket(fileno=self.fds[index])
         raise pickle.UnpicklingError(f"unknown fd reference {kind!r}")
@@ -84,25 +93,29 @@ def _typed_array_classes():
     return found
 
 
-def dumps(obj, pickler=None):
-    """Pickle obj; returns (payload, fds). Errors name the object that failed.
-    pickler(file, fds) makes the Pickler (workers.py adds ports and transfers)."""
+def pickle_with_fds(obj, pickler=None):
+    """Pickle obj; returns (payload, fds). pickler(file, fds) makes the Pickler (workers
+    add ports, transfers and by-value functions). Errors propagate as raised."""
     fds = []
     buf = io.BytesIO()
+    (pickler or Pickler)(buf, fds).dump(obj)
+    return buf.getvalue(), fds
+
+
+def dumps(obj, pickler=None):
+    """pickle_with_fds for a message: a failure is a TypeError naming the object."""
     try:
-        (pickler or _Pickler)(buf, fds).dump(obj)
+        return pickle_with_fds(obj, pickler)
     except (pickle.PicklingError, TypeError, AttributeError) as e:
         raise TypeError(f"cannot send {type(obj).__name__}: it is not picklable ({e})") from None
-    return buf.getvalue(), fds
 
 
 def loads(payload, fds, unpickler=None):
     """Unpickle a payload; fds not claimed by the object are closed."""
-    unpickler = (unpickler or _Unpickler)(io.BytesIO(payload), fds)
+    unpickler = (unpickler or Unpickler)(io.BytesIO(payload), fds)
     try:
         return unpickler.load()
     finally:
-        import os
         for i, fd in enumerate(fds):
             if i not in unpickler.used:
                 os.close(fd)
@@ -192,6 +205,5 @@ class Channel:
 
     def close(self):
         if not self.closed:
-            import os
             self.closed = True
             os.close(self.fd)

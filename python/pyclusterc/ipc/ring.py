@@ -18,7 +18,7 @@ import time
 import weakref
 
 from .._lowlevel.native import check, ffi, lib
-from .channel import Channel, ChannelClosed
+from .channel import Channel, ChannelClosed, buffer_from_fd
 from ..shared.buffer import SharedBuffer
 
 __all__ = ["Endpoint", "endpoint_pair", "wait_any", "ChannelClosed"]
@@ -334,7 +334,7 @@ def endpoint_pair():
 
 
 def _remap(buf):
-    return SharedBuffer._from_fd(os.dup(buf.fileno()), buf.name)
+    return buffer_from_fd(os.dup(buf.fileno()), buf.name)
 
 
 def wait_any(endpoints, timeout_ns=-1, extra_fds=()):
