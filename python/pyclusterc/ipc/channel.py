@@ -48,11 +48,12 @@ class Pickler(pickle.Pickler):
     with another Pickler class (cloudpickle's), its dispatch table still applies."""
 
     def __init__(self, file, fds):
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.fds = fds
+        # Before Pickler.__init__: the C pickler reads dispatch_table only there.
         typed_arrays = {cls: _reduce_typed_array for cls in _typed_array_classes()}
         self.dispatch_table = collections.ChainMap(
             typed_arrays, getattr(self, "dispatch_table", copyreg.dispatch_table))
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.fds = fds
 
     def persistent_id(self, obj):
         if isinstance(obj, SharedBuffer):

@@ -355,28 +355,35 @@ class _Manager:
         self.sent[worker] = 0
 
     def dispatch_locked(self):
-        for worker, queue in self.inflight.items():
-            while self.pending and len(queue) < DEPTH and not (
-                    self.max_tasks and self.sent[worker] >= self.max_tasks):
-                if queue and len(self.pending[0].record) > worker.endpoint.outbox.max_record:
-                    # A record this large streams over the socket: only a worker that is
-                    # waiting reads it at once, so the send cannot wait on a busy worker
-                    # that itself waits for us to read its result.
-                    break
-                task = self.pending.popleft()
-                if not task.started:
-                    if not task.future.set_running_or_notify_cancel():
-                        continue                  # cancelled while it waited
-                    task.started = True
-                try:
-                    worker.endpoint.send(tasks.TASK, task.record, task.fds)
-                except (ChannelClosed, OSError):
-                    self.pending.appendleft(task)  # the worker is gone: its EOF comes next
-                    break
-                queue.append(task)
-                self.sent[worker] += 1
-            if not self.pending:
+        # Breadth first: every idle worker gets a task before any gets a second one.
+        for depth in range(DEPTH):
+            for worker, queue in self.inflight.items():
+                if not self.pending:
+                    return
+                if len(queue) == depth and not (self.max_tasks and self.sent[worker] >= self.max_tasks):
+                    self.send_next_locked(worker, queue)
+
+    def send_next_locked(self, worker, queue):
+        while self.pending:
+            task = self.pending[0]
+            if queue and len(task.record) > worker.endpoint.outbox.max_record:
+                # A record this large streams over the socket: only a worker that is
+                # waiting reads it at once, so the send cannot wait on a busy worker
+                # that itself waits for us to read its result.
                 return
+            self.pending.popleft()
+            if not task.started:
+                if not task.future.set_running_or_notify_cancel():
+                    continue                      # cancelled while it waited
+                task.started = True
+            try:
+                worker.endpoint.send(tasks.TASK, task.record, task.fds)
+            except (ChannelClosed, OSError):
+                self.pending.appendleft(task)     # the worker is gone: its EOF comes next
+                return
+            queue.append(task)
+            self.sent[worker] += 1
+            return
 
     def stop_workers(self):
         with self.lock:
