@@ -111,13 +111,15 @@ class WorkerPoolMixin:
         return SharedEvent()
 
 
-def run_python(code, timeout=60):
-    """Run ``python -c code`` in its own session; (rc, stdout, stderr) as bytes. Killed
-    (the whole group) if it outlives timeout, and the test fails."""
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+def run_python(code, timeout=60, stdin=None):
+    """Run ``python -c code`` in its own session, with stdin (a str) as its input;
+    (rc, stdout, stderr) as bytes. Killed (the whole group) if it outlives timeout, and
+    the test fails."""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
     try:
-        out, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(None if stdin is None else stdin.encode(), timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
