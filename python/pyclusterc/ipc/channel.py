@@ -17,7 +17,7 @@ from .._lowlevel.native import EAGAIN, EINTR, call_restarting, ffi, lib, os_erro
 from ..shared.buffer import SharedBuffer, TypedArray
 
 __all__ = ["Channel", "ChannelClosed", "KIND_DATA", "KIND_CONTROL", "KIND_CONN", "Pickler",
-           "Unpickler", "dumps", "loads", "pickle_with_fds", "buffer_from_fd"]
+           "Unpickler", "dumps", "loads", "pickle_with_fds", "buffer_from_fd", "socket_from_fd"]
 
 KIND_CONN = lib.PC_MSG_CONN        # an accepted connection from the primary's loop
 KIND_DATA = lib.PC_MSG_DATA        # a user message (pickle)
@@ -39,8 +39,18 @@ def _reduce_typed_array(ta):
 
 
 def buffer_from_fd(fd, name=None):
-    """A SharedBuffer mapping the memory behind a received fd (which it then owns)."""
+    """A SharedBuffer mapping the memory behind a received fd. It takes the fd on every
+    path: on failure (not a pyclusterc region) the fd is closed."""
     return SharedBuffer._from_fd(fd, name)   # the one place: shared has no public seam yet
+
+
+def socket_from_fd(fd):
+    """A socket owning a received fd; on failure (not a socket) the fd is closed."""
+    try:
+        return socket.socket(fileno=fd)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class Pickler(pickle.Pickler):
@@ -70,19 +80,34 @@ class Pickler(pickle.Pickler):
 
 
 class Unpickler(pickle.Unpickler):
+    """Resolves the Pickler's fd references. Each received fd gets one owner at most;
+    loads() closes the ones nothing claimed, whatever the payload says."""
+
     def __init__(self, file, fds):
         super().__init__(file)
         self.fds = fds
         self.used = set()
 
+    def claim(self, *indices):
+        """The fds at indices (distinct, not claimed yet), now owned by the caller, who
+        closes them on every path. Nothing is claimed when one index is bad."""
+        for index in indices:
+            if type(index) is not int or not 0 <= index < len(self.fds) or index in self.used \
+                    or indices.count(index) > 1:
+                raise pickle.UnpicklingError(f"fd reference {index!r} names none of the "
+                                             f"{len(self.fds)} unclaimed fds received")
+        self.used.update(indices)
+        return [self.fds[i] for i in indices]
+
     def persistent_load(self, pid):
-        kind, index = pid[0], pid[1]
-        self.used.add(index)
-        if kind == "SharedBuffer":
-            return buffer_from_fd(self.fds[index], pid[2])
-        if kind == "socket":
-            return socket.socket(fileno=self.fds[index])
-        raise pickle.UnpicklingError(f"unknown fd reference {kind!r}")
+        if not isinstance(pid, tuple) or len(pid) < 2:
+            raise pickle.UnpicklingError(f"malformed fd reference {pid!r}")
+        kind = pid[0]
+        if kind == "SharedBuffer" and len(pid) == 3 and (pid[2] is None or isinstance(pid[2], str)):
+            return buffer_from_fd(*self.claim(pid[1]), pid[2])
+        if kind == "socket" and len(pid) == 2:
+            return socket_from_fd(*self.claim(pid[1]))
+        raise pickle.UnpicklingError(f"unknown fd reference {pid!r}")
 
 
 def _typed_array_classes():
@@ -193,6 +218,8 @@ class Channel:
             data = ffi.buffer(self._recv_buf, length)[:]
             fds = [self._recv_fds[i] for i in range(nfds)]
             if kind == KIND_FRAGMENT:
+                for fd in fds:            # fds ride on the last packet only: these are strays
+                    os.close(fd)
                 self._partial.append(data)
                 continue
             if self._partial:

@@ -21,7 +21,7 @@ from .._lowlevel.native import check, ffi, lib
 from .channel import Channel, ChannelClosed, buffer_from_fd
 from ..shared.buffer import SharedBuffer
 
-__all__ = ["Endpoint", "endpoint_pair", "wait_any", "ChannelClosed"]
+__all__ = ["Endpoint", "endpoint_pair", "wait_any", "ChannelClosed", "MalformedRecord"]
 
 # Record kinds (channel.py reserves < 32).
 DATA = 2
@@ -44,10 +44,19 @@ _exchange = lib.pc_exchange_i64
 _pack_into = _RECORD.pack_into
 
 
+class MalformedRecord(ChannelClosed):
+    """The ring holds a record no writer produces (a length past the data written):
+    the link is unusable, so it reads as closed."""
+
+
 class _Ring:
     """One direction. Exactly one thread writes (under Endpoint's lock), one reads."""
 
     def __init__(self, buf):
+        data_bytes = buf.byte_length - _CELLS
+        if data_bytes < 64 or data_bytes & (data_bytes - 1):
+            raise ValueError(f"a ring needs a SharedBuffer of {_CELLS} + a power of two "
+                             f"(>= 64) bytes, not {buf.byte_length}")
         self.buf = buf
         self.cells = memoryview(buf)[:_CELLS]
         self.ptr = ffi.from_buffer(self.cells)
@@ -106,14 +115,18 @@ class _Ring:
         """(kind, payload bytes) or None."""
         if not self.has_data():
             return None
-        off = self.head & self.mask
+        head, tail = self.head, self.seen_tail
+        off = head & self.mask
         n, kind = _RECORD.unpack_from(self.data, off)
         if kind == _WRAP:
-            self.head += self.cap - off
+            head += self.cap - off
             off = 0
             n, kind = _RECORD.unpack_from(self.data, off)
+        size = 8 + ((n + 7) & ~7)
+        if head + size > tail or off + size > self.cap or tail - self.head > self.cap:
+            raise MalformedRecord(f"malformed ring record: {n} bytes at offset {off}")
         payload = self.data[off + 8:off + 8 + n].tobytes()
-        self.head += 8 + ((n + 7) & ~7)
+        self.head = head + size
         _store(self.ptr, _HEAD, self.head)
         return kind, payload
 
@@ -126,16 +139,24 @@ class _Ring:
         if head == tail:
             return [], False
         data, mask, cap, unpack = self.data, self.mask, self.cap, _RECORD.unpack_from
+        if not 0 < tail - head <= cap:
+            raise MalformedRecord(f"malformed ring: {tail - head} bytes pending in {cap}")
         out, marker = [], False
         while head != tail:
             off = head & mask
             n, kind = unpack(data, off)
             if kind == _WRAP:
+                if off == 0 or head + cap - off > tail:
+                    raise MalformedRecord(f"malformed ring record: a wrap at offset {off}")
                 head += cap - off
                 continue
+            size = 8 + ((n + 7) & ~7)
+            # A length no writer produces must not send the reader past what was written.
+            if head + size > tail or off + size > cap:
+                raise MalformedRecord(f"malformed ring record: {n} bytes at offset {off}")
             out.append((kind, data[off + 8:off + 8 + n].tobytes(), ()))
             marker = marker or kind == MARKER
-            head += 8 + ((n + 7) & ~7)
+            head += size
         self.head = head
         _store(self.ptr, _HEAD, head)
         return out, marker
@@ -151,12 +172,12 @@ class Endpoint:
     """One side of a duplex link: send() from any thread, receive from one at a time."""
 
     def __init__(self, sock_fd, in_buf, out_buf):
+        self.inbox = _Ring(in_buf)
+        self.outbox = _Ring(out_buf)
         self.channel = Channel(sock_fd)
         # The fd closes when nothing uses this endpoint any more (or at close()), so a
         # thread still polling it never sees the number reused.
         self._close_fd = weakref.finalize(self, os.close, sock_fd)
-        self.inbox = _Ring(in_buf)
-        self.outbox = _Ring(out_buf)
         self.pending = collections.deque()   # socket messages whose MARKER is not read yet
         self.peer_closed = False
         self.closed = False       # shut down: no more sending
@@ -318,8 +339,26 @@ class Endpoint:
         return [self.channel.fd, self.inbox.buf.fileno(), self.outbox.buf.fileno()]
 
     @classmethod
-    def from_fds(cls, sock_fd, in_buf, out_buf):
-        return cls(sock_fd, in_buf, out_buf)
+    def adopt(cls, sock_fd, in_fd, out_fd):
+        """An Endpoint over received fds (its socket and two ring regions), which it owns
+        on every path: on failure all three are closed."""
+        owned = []
+        try:
+            in_buf = buffer_from_fd(in_fd)
+            owned.append(in_buf)
+            out_buf = buffer_from_fd(out_fd)
+            owned.append(out_buf)
+            return cls(sock_fd, in_buf, out_buf)
+        except BaseException:
+            for buf in owned:
+                try:
+                    buf.close()
+                except BufferError:
+                    pass          # a half-made ring still maps it: the GC closes it
+            os.close(sock_fd)
+            if len(owned) == 0:
+                os.close(out_fd)
+            raise
 
 
 def endpoint_pair():

@@ -48,16 +48,11 @@ class Pickler(channel.Pickler):
 
 class Unpickler(channel.Unpickler):
     def persistent_load(self, pid):
-        tag = pid[0]
-        if tag == "port":
-            sock_fd, in_fd, out_fd = (self.fds[i] for i in pid[1])
-            self.used.update(pid[1])
-            return MessagePort._adopt(Endpoint(sock_fd, channel.buffer_from_fd(in_fd),
-                                               channel.buffer_from_fd(out_fd)))
-        if tag == "buffer":
-            (i,) = pid[1]
-            self.used.add(i)
-            buf = channel.buffer_from_fd(self.fds[i])
+        tag = pid[0] if isinstance(pid, tuple) and pid else None
+        if tag == "port" and len(pid) == 3 and isinstance(pid[1], list) and len(pid[1]) == 3:
+            return MessagePort._adopt(Endpoint.adopt(*self.claim(*pid[1])))
+        if tag == "buffer" and len(pid) == 3 and isinstance(pid[1], list) and len(pid[1]) == 1:
+            buf = channel.buffer_from_fd(*self.claim(*pid[1]))
             kind, meta = pid[2]
             if kind == "numpy":
                 import numpy

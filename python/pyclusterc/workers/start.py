@@ -23,7 +23,6 @@ import weakref
 from .._lowlevel.native import lib
 from .._lowlevel.process import run_child
 from .._lowlevel.wakeup import WakeupPipe
-from ..ipc.channel import buffer_from_fd
 from ..ipc.ring import DATA, ChannelClosed, Endpoint
 from .ports import encode
 from .runtime import EXIT_UNCAUGHT, apply_env_and_limits, read_worker_data, run_worker
@@ -82,7 +81,7 @@ def boot(sock_fd, in_fd, out_fd, parent_pid):
     """A fresh worker process (spawn or forkserver): read the spec, run the target, exit."""
     def body():
         lib.pc_die_with_parent(signal.SIGKILL, parent_pid)
-        ep = Endpoint(sock_fd, buffer_from_fd(in_fd), buffer_from_fd(out_fd))
+        ep = Endpoint.adopt(sock_fd, in_fd, out_fd)
         tid, env, limits, path, script = read_worker_data(ep)
         sys.path[:] = path
         apply_env_and_limits(env, limits)
