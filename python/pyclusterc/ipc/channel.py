@@ -164,7 +164,8 @@ class Channel:
         self._recv_out = ffi.new("uint32_t[3]")   # kind, length, nfds
         self._recv_seq = ffi.new("uint64_t *")
         self._partial = []
-        self.closed = False
+        self.closed = False       # EOF seen or close() called: nothing more to read
+        self.fd_open = True       # close() still has to close the fd
 
     # -- sending -----------------------------------------------------------------
     def send_object(self, obj, kind=KIND_DATA):
@@ -232,6 +233,8 @@ class Channel:
         return rc == 0
 
     def close(self):
-        if not self.closed:
-            self.closed = True
+        """Close the fd (also after EOF, which only marks the channel closed)."""
+        self.closed = True
+        if self.fd_open:
+            self.fd_open = False
             os.close(self.fd)

@@ -21,7 +21,8 @@ from .._lowlevel.native import check, ffi, lib
 from .channel import Channel, ChannelClosed, buffer_from_fd
 from ..shared.buffer import SharedBuffer
 
-__all__ = ["Endpoint", "endpoint_pair", "wait_any", "ChannelClosed", "MalformedRecord"]
+__all__ = ["Endpoint", "Ring", "endpoint_pair", "wait_any", "ChannelClosed", "MalformedRecord",
+           "RING_HEADER_BYTES"]
 
 # Record kinds (channel.py reserves < 32).
 DATA = 2
@@ -33,7 +34,7 @@ BYTES = 36        # a message that is exactly a bytes object, sent as is (no pic
 _WRAP = 255       # ring only: the rest of the ring is padding
 
 _RING_BYTES = 1 << 20          # per direction
-_CELLS = 64                    # header: head, tail, sleeping (int64 each), padded
+RING_HEADER_BYTES = _CELLS = 64                    # header: head, tail, sleeping (int64 each), padded
 _HEAD, _TAIL, _SLEEPING = 0, 1, 2
 _RECORD = struct.Struct("<II")  # payload length, kind
 _SPIN_NS = 50_000              # poll the ring this long before sleeping (round-trip latency)
@@ -49,7 +50,7 @@ class MalformedRecord(ChannelClosed):
     the link is unusable, so it reads as closed."""
 
 
-class _Ring:
+class Ring:
     """One direction. Exactly one thread writes (under Endpoint's lock), one reads."""
 
     def __init__(self, buf):
@@ -116,6 +117,8 @@ class _Ring:
         if not self.has_data():
             return None
         head, tail = self.head, self.seen_tail
+        if not 0 < tail - head <= self.cap or (head | tail) & 7:
+            raise MalformedRecord(f"malformed ring: {tail - head} bytes pending in {self.cap}")
         off = head & self.mask
         n, kind = _RECORD.unpack_from(self.data, off)
         if kind == _WRAP:
@@ -123,7 +126,7 @@ class _Ring:
             off = 0
             n, kind = _RECORD.unpack_from(self.data, off)
         size = 8 + ((n + 7) & ~7)
-        if head + size > tail or off + size > self.cap or tail - self.head > self.cap:
+        if head + size > tail or off + size > self.cap:
             raise MalformedRecord(f"malformed ring record: {n} bytes at offset {off}")
         payload = self.data[off + 8:off + 8 + n].tobytes()
         self.head = head + size
@@ -139,7 +142,7 @@ class _Ring:
         if head == tail:
             return [], False
         data, mask, cap, unpack = self.data, self.mask, self.cap, _RECORD.unpack_from
-        if not 0 < tail - head <= cap:
+        if not 0 < tail - head <= cap or (head | tail) & 7:
             raise MalformedRecord(f"malformed ring: {tail - head} bytes pending in {cap}")
         out, marker = [], False
         while head != tail:
@@ -161,10 +164,14 @@ class _Ring:
         _store(self.ptr, _HEAD, head)
         return out, marker
 
-    def close(self):
+    def release(self):
+        """Drop this ring's views of its buffer (the buffer stays open)."""
         ffi.release(self.ptr)
         self.cells.release()
         self.data.release()
+
+    def close(self):
+        self.release()
         self.buf.close()
 
 
@@ -172,8 +179,8 @@ class Endpoint:
     """One side of a duplex link: send() from any thread, receive from one at a time."""
 
     def __init__(self, sock_fd, in_buf, out_buf):
-        self.inbox = _Ring(in_buf)
-        self.outbox = _Ring(out_buf)
+        self.inbox = Ring(in_buf)
+        self.outbox = Ring(out_buf)
         self.channel = Channel(sock_fd)
         # The fd closes when nothing uses this endpoint any more (or at close()), so a
         # thread still polling it never sees the number reused.
@@ -331,6 +338,7 @@ class Endpoint:
                 return
             self.closed = self.released = True
             self.channel.closed = True
+            self.channel.fd_open = False     # the finalizer owns it
             self._close_fd()
             self.inbox.close()
             self.outbox.close()
