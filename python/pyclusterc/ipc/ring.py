@@ -343,6 +343,16 @@ class Endpoint:
             self.inbox.close()
             self.outbox.close()
 
+    def abandon(self):
+        """In a forked child, for an endpoint of the parent's: close our copy of its fd
+        (so the peer's hang-up still shows) and never touch it again. The mappings go
+        with the process. No lock: another thread may have held it at the fork."""
+        if not self.released:
+            self.closed = self.released = True
+            self.channel.closed = True
+            self.channel.fd_open = False
+            self._close_fd()
+
     def fds_for_transfer(self):
         return [self.channel.fd, self.inbox.buf.fileno(), self.outbox.buf.fileno()]
 

@@ -35,6 +35,42 @@ _ids = itertools.count(1)
 _live_parent_endpoints = weakref.WeakSet()   # closed in forked children: not theirs
 
 
+class _SparePairs:
+    """One endpoint pair made ahead of time (2 ring regions and a socketpair cost a few
+    hundred microseconds): made while a forked child boots, taken by the next Worker."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.pair = None
+
+    def take(self):
+        with self.lock:
+            pair, self.pair = self.pair, None
+        return pair or endpoint_pair()
+
+    def refill(self):
+        with self.lock:
+            if self.pair is not None:
+                return
+        pair = endpoint_pair()
+        with self.lock:
+            if self.pair is None:
+                self.pair, pair = pair, None
+        if pair is not None:
+            for ep in pair:
+                ep.close()
+
+    def pop_all(self):
+        """In a forked child: the parent's spare, to abandon."""
+        pair, self.pair = self.pair, None
+        self.lock = threading.Lock()     # it may have been held by another thread at fork
+        return list(pair or ())
+
+
+_spare_pairs = _SparePairs()
+_take_endpoint_pair = _spare_pairs.take
+
+
 def _usable_parent_endpoint(ep):
     _live_parent_endpoints.add(ep)
     return ep
@@ -77,7 +113,7 @@ class Worker(Port):
         self._reported_code = None
         self._error = None
         self._exit_event = threading.Event()
-        parent_ep, child_ep = endpoint_pair()
+        parent_ep, child_ep = _take_endpoint_pair()
         super().__init__(_usable_parent_endpoint(parent_ep))
         if fresh:
             # What a fork would inherit, sent first; the target second, once sys.path
@@ -85,30 +121,33 @@ class Worker(Port):
             start.send_plain(parent_ep, (self.thread_id, env, limits, sys.path, start.main_path(target)))
             start.send_plain(parent_ep, (target, args))
         # worker_data travels through the channel like a message, so SharedBuffers in it
-        # arrive by fd; a process backend could inherit it, but one path is simpler.
-        payload, fds, after_send = encode(worker_data, transfer)
-        parent_ep.send(DATA, payload, fds)
-        for cleanup in after_send:
-            cleanup()
+        # arrive by fd. None (the usual case) needs no message for a forked child.
+        inherit_none = worker_data is None and not transfer and self.start_method == "fork"
+        if not inherit_none:
+            payload, fds, after_send = encode(worker_data, transfer)
+            parent_ep.send(DATA, payload, fds)
+            for cleanup in after_send:
+                cleanup()
         if start_method == "spawn":
             self._start_spawn(child_ep)
         elif start_method == "forkserver":
             self._start_forkserver(child_ep)
         elif backend == "process":
-            self._start_process(child_ep, target, args, env, limits)
+            self._start_process(child_ep, target, args, env, limits, inherit_none)
         else:
             self._start_thread(child_ep, target, args)
 
     # -- starting -------------------------------------------------------------------------
-    def _start_process(self, child_ep, target, args, env, limits):
+    def _start_process(self, child_ep, target, args, env, limits, inherit_none):
         parent_pid = os.getpid()
 
         def body():
             lib.pc_die_with_parent(signal.SIGKILL, parent_pid)
-            for ep in list(_live_parent_endpoints):
-                ep.close()
+            for ep in list(_live_parent_endpoints) + _spare_pairs.pop_all():
+                ep.abandon()
             apply_env_and_limits(env, limits)
-            return run_worker(child_ep, target, args, read_worker_data(child_ep), self.thread_id)
+            data = None if inherit_none else read_worker_data(child_ep)
+            return run_worker(child_ep, target, args, data, self.thread_id)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -116,6 +155,7 @@ class Worker(Port):
             run_child(body, EXIT_UNCAUGHT)
         self.pid = pid
         child_ep.close()
+        _spare_pairs.refill()      # while the child boots: the next Worker starts sooner
 
     def _start_spawn(self, child_ep):
         # posix_spawn's dup2(fd, fd) clears close-on-exec in the child only, so no other
