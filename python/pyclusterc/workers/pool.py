@@ -72,6 +72,8 @@ class _Task:
 
 
 def _task_name(fn):
+    if isinstance(fn, tasks.ByValue):
+        fn = fn.fn
     if isinstance(fn, functools.partial):
         fn = fn.func
     module = getattr(fn, "__module__", None)
@@ -116,6 +118,7 @@ class WorkerPool(cf.Executor):
         together. Other keywords go to Executor.map as they are (``buffersize`` on 3.14)."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        fn = tasks.ByValue.of(fn) or fn     # pickled once for all the tasks, not per task
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout, **more)
         chunks = super().map(functools.partial(tasks.run_chunk, fn), _chunks(iterables, chunksize),

@@ -32,7 +32,7 @@ from .ports import Pickler, decode
 from .runtime import Terminated, current_context
 
 __all__ = ["TASK", "STOP", "RESULT", "RAISED", "UNDELIVERED", "INIT_FAILED", "HEADER",
-           "pack", "task_record", "worker_loop", "run_chunk"]
+           "pack", "task_record", "worker_loop", "run_chunk", "ByValue"]
 
 # Record kinds: ipc.channel keeps < 32, ipc.ring 32-36 and 255.
 TASK, STOP, RESULT, RAISED, UNDELIVERED, INIT_FAILED = 48, 49, 50, 51, 52, 53
@@ -47,23 +47,67 @@ class _ByValuePickler(Pickler, cloudpickle.Pickler):
         super().__init__(file, fds, {})
 
 
-def pack(obj):
+def pack(obj, main_names_inside=0):
     """(payload, fds) for obj. A PicklingError (or whatever a __reduce__ raised) stays
-    what it is."""
+    what it is. ``main_names_inside``: how many b"__main__" the payload may hold in
+    by-value pickles it embeds (ByValue) without needing a by-value pickle itself."""
     try:
         payload = pickle.dumps(obj, 5)
     except Exception:  # noqa: BLE001  (retried below; its own error is the one that counts)
         pass
-    else:
-        if _MAIN_NAME not in payload:     # a false hit only costs a by-value pickle
+    else:                                 # a false hit only costs a by-value pickle
+        if payload.count(_MAIN_NAME) <= main_names_inside:
             return payload, ()
     payload, fds = channel.pickle_with_fds(obj, _ByValuePickler)
     return payload, fds
 
 
+class ByValue:
+    """A function pickled by value once (for all of a map()'s tasks): each task carries
+    the bytes, and a worker unpickles each distinct one once."""
+
+    def __init__(self, fn, blob):
+        self.fn, self.blob = fn, blob
+        self.main_names = blob.count(_MAIN_NAME)
+
+    @classmethod
+    def of(cls, fn):
+        """A ByValue for fn when fn needs one (it names __main__ or does not pickle by
+        reference, and carries no fds), else None."""
+        try:
+            if _MAIN_NAME not in pickle.dumps(fn, 5):
+                return None
+        except Exception:  # noqa: BLE001  (lambdas, local functions: by value then)
+            pass
+        try:
+            blob, fds = channel.pickle_with_fds(fn, _ByValuePickler)
+        except Exception:  # noqa: BLE001  (each task will report it)
+            return None
+        return None if fds else cls(fn, blob)
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self):
+        return _load_by_value, (self.blob,)
+
+
+_by_value_cache = {}
+
+
+def _load_by_value(blob):
+    fn = _by_value_cache.get(blob)
+    if fn is None:
+        if len(_by_value_cache) >= 16:
+            _by_value_cache.clear()
+        fn = _by_value_cache[blob] = pickle.loads(blob)
+    return fn
+
+
 def task_record(task_id, fn, args, kwargs):
     """(payload with header, fds) for a TASK record."""
-    payload, fds = pack((fn, args, kwargs))
+    main_names = fn.main_names if isinstance(fn, ByValue) else 0
+    payload, fds = pack((fn, args, kwargs), main_names)
     return HEADER.pack(task_id) + payload, fds
 
 
