@@ -111,7 +111,7 @@ class WorkerPoolMixin:
         return SharedEvent()
 
 
-def run_python(code, timeout=60, stdin=None):
+def run_python(code, timeout=120, stdin=None):
     """Run ``python -c code`` in its own session, with stdin (a str) as its input;
     (rc, stdout, stderr) as bytes. Killed (the whole group) if it outlives timeout, and
     the test fails."""
@@ -132,7 +132,7 @@ def run_python(code, timeout=60, stdin=None):
     return proc.returncode, out, err
 
 
-def assert_python_ok(code, timeout=60):
+def assert_python_ok(code, timeout=120):
     rc, out, err = run_python(code, timeout)
     if rc != 0:
         raise AssertionError(f"python -c ... exited with {rc}; stderr:\n{err.decode(errors='replace')}")

@@ -17,6 +17,7 @@ initializer breaks the pool (BrokenWorkerPool), as the stdlib's does. The manage
 no reference to the WorkerPool, so dropping the last one shuts it down; at interpreter
 exit every pool finishes its queued work first.
 """
+import atexit
 import collections
 import concurrent.futures as cf
 import functools
@@ -46,7 +47,7 @@ _interpreter_exiting = False
 
 
 def _python_exit():
-    """Before the interpreter's atexit hooks: every pool finishes its queued work."""
+    """At interpreter exit: every pool finishes its queued work, then stops."""
     global _interpreter_exiting
     _interpreter_exiting = True
     managers = list(_live_managers)
@@ -56,9 +57,10 @@ def _python_exit():
         manager.thread.join()
 
 
-# The stdlib's executors use this hook: it runs before atexit hooks, so one of those
-# calling submit() gets RuntimeError, and before daemon threads are abandoned.
-threading._register_atexit(_python_exit)
+# Registered at import, so it runs after the atexit hooks registered later (they may
+# still use a pool) and before those registered earlier (they get RuntimeError), while
+# the daemon manager threads still run.
+atexit.register(_python_exit)
 os.register_at_fork(after_in_child=_live_managers.clear)   # a child has no manager threads
 
 
