@@ -36,6 +36,7 @@ _WRAP = 255       # ring only: the rest of the ring is padding
 _RING_BYTES = 1 << 20          # per direction
 RING_HEADER_BYTES = _CELLS = 64                    # header: head, tail, sleeping (int64 each), padded
 _HEAD, _TAIL, _SLEEPING = 0, 1, 2
+_WAKE_FOR_QUIET = 3            # set by the reader: ring the doorbell for quiet records too
 _RECORD = struct.Struct("<II")  # payload length, kind
 _SPIN_NS = 50_000              # poll the ring this long before sleeping (round-trip latency)
 
@@ -197,8 +198,10 @@ class Endpoint:
         return self.channel.fd
 
     # -- sending -------------------------------------------------------------------
-    def send(self, kind, payload, fds=()):
-        """Raises ChannelClosed when the peer is gone (after waiting out a full ring)."""
+    def send(self, kind, payload, fds=(), quiet=False):
+        """Raises ChannelClosed when the peer is gone (after waiting out a full ring).
+        A quiet record (a worker's ONLINE) wakes a sleeping reader only if it asked for
+        that (want_quiet_records); otherwise it waits in the ring for the next one."""
         out = self.outbox
         n = len(payload)
         size = 8 + ((n + 7) & ~7)
@@ -216,8 +219,15 @@ class Endpoint:
                 data[off + 8:off + 8 + n] = payload
                 out.tail = tail = tail + size
                 _store(out.ptr, _TAIL, tail)   # seq-cst: the record is visible first
-            if _load(out.ptr, _SLEEPING) and _exchange(out.ptr, _SLEEPING, 0):
+            # seq-cst loads after the tail store: a reader that set either flag before
+            # looking at the ring sees this record, or we see its flag.
+            if _load(out.ptr, _SLEEPING) and (not quiet or _load(out.ptr, _WAKE_FOR_QUIET)) \
+                    and _exchange(out.ptr, _SLEEPING, 0):
                 self.channel.send_bytes(b"", DOORBELL)
+
+    def want_quiet_records(self):
+        """Be woken for quiet records too (someone listens for the worker's 'online')."""
+        _store(self.inbox.ptr, _WAKE_FOR_QUIET, 1)
 
     def _send_slow(self, kind, payload, fds):
         out = self.outbox

@@ -193,6 +193,8 @@ class Port(EventEmitter):
     def _start_reader(self, event):
         # Listeners added after their events arrived still get them, in order: queued
         # messages/errors go to the new listener, and 'exit' after the end fires at once.
+        if event == "online":
+            self._endpoint.want_quiet_records()   # before the reader first looks
         with self._cond:
             if event in ("message", "error", "messageerror"):
                 what = {"message": "message"}.get(event, "raise")

@@ -71,14 +71,15 @@ def check_target(target):
                          f"or 'module:function'")
 
 
-def run_worker(endpoint, target, args, data, tid):
-    """The worker's body (both backends): online, target, keep-alive; returns exit code."""
+def run_worker(endpoint, target, args, data, tid, port=None):
+    """The worker's body (both backends): online, target, keep-alive; returns exit code.
+    ``port``: the parent_port over endpoint, when made before a fork."""
     global _process_context
-    port = MessagePort(endpoint)
+    port = port or MessagePort(endpoint)
     ctx = Context(port, data, tid)
     code = 0
     try:
-        endpoint.send(ONLINE, b"")
+        endpoint.send(ONLINE, b"", quiet=True)   # wakes the parent only for 'online' listeners
         if threading.current_thread() is threading.main_thread():
             _process_context = ctx
         _thread_context.ctx = ctx

@@ -25,7 +25,7 @@ from .._lowlevel.process import decode_wait_status, run_child
 from ..ipc.ring import DATA, ERROR, ONLINE, endpoint_pair
 from . import start
 from .errors import error_from_payload
-from .ports import Port, encode
+from .ports import MessagePort, Port, encode
 from .runtime import (EXIT_TERMINATED, EXIT_UNCAUGHT, Terminated, apply_env_and_limits,
                       check_target, raise_in_thread, read_worker_data, run_worker)
 
@@ -147,7 +147,10 @@ class Worker(Port):
                 ep.abandon()
             apply_env_and_limits(env, limits)
             data = None if inherit_none else read_worker_data(child_ep)
-            return run_worker(child_ep, target, args, data, self.thread_id)
+            return run_worker(child_ep, target, args, data, self.thread_id, child_port)
+        # Made here, the child's port costs it no allocation (a forked child pays for
+        # every page it first writes).
+        child_port = MessagePort(child_ep)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
