@@ -164,7 +164,7 @@ class Channel:
         self._recv_out = ffi.new("uint32_t[3]")   # kind, length, nfds
         self._recv_seq = ffi.new("uint64_t *")
         self._partial = []
-        self.closed = False       # EOF seen or close() called: nothing more to read
+        self.closed = False       # close() was called (EOF alone does not set it)
         self.fd_open = True       # close() still has to close the fd
 
     # -- sending -----------------------------------------------------------------
@@ -233,7 +233,7 @@ class Channel:
         return rc == 0
 
     def close(self):
-        """Close the fd (also after EOF, which only marks the channel closed)."""
+        """Close the fd (once; Endpoint.close hands it to its finalizer instead)."""
         self.closed = True
         if self.fd_open:
             self.fd_open = False
