@@ -162,3 +162,17 @@ def test_same_code_runs_on_workerpool_and_dask_executor(pool):
 def test_map_takes_exactly_executor_map_arguments(pool):
     with pytest.raises(TypeError, match="progress"):
         pool(1).map(abs, range(3), progress=True)
+
+
+def test_shutdown_from_a_done_callback_returns(pool):
+    p = pool(1)
+    future = p.submit(square, 4)
+    stopped = []
+    future.add_done_callback(lambda f: stopped.append(p.shutdown(wait=True)))  # manager thread
+    assert future.result(10) == 16
+    deadline = time.monotonic() + 10
+    while p.workers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stopped == [None] and p.workers == ()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        p.submit(square, 1)

@@ -129,7 +129,8 @@ class WorkerPool(cf.Executor):
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         self._manager.begin_shutdown(cancel_futures)
-        if wait:
+        # A done-callback runs on the manager thread: it cannot wait for itself.
+        if wait and threading.current_thread() is not self._manager.thread:
             self._manager.thread.join()
 
     @property
@@ -173,8 +174,14 @@ class _Manager:
         self.broken = None
         self.wakeup = WakeupPipe()
         with self.lock:
-            for _ in range(max_workers):
-                self.spawn_locked()
+            try:
+                for _ in range(max_workers):
+                    self.spawn_locked()
+            except BaseException:
+                for worker in self.inflight:   # no manager yet to stop the ones started
+                    worker.terminate()
+                self.wakeup.close()
+                raise
         self.thread = threading.Thread(target=self.run, daemon=True, name="pyclusterc-pool")
         _live_managers.add(self)
         self.thread.start()
