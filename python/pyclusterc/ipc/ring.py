@@ -38,7 +38,8 @@ RING_HEADER_BYTES = _CELLS = 64                    # header: head, tail, sleepin
 _HEAD, _TAIL, _SLEEPING = 0, 1, 2
 _WAKE_FOR_QUIET = 3            # set by the reader: ring the doorbell for quiet records too
 _RECORD = struct.Struct("<II")  # payload length, kind
-_SPIN_NS = 50_000              # poll the ring this long before sleeping (round-trip latency)
+_SPIN_NS = 50_000              # at most, poll the ring this long before sleeping (round trips)
+_SPIN_MIN_NS = 2_000           # below this a spin is not worth starting
 
 _load = lib.pc_load_i64
 _store = lib.pc_store_i64
@@ -192,7 +193,8 @@ class Endpoint:
         self.released = False     # fd and mappings gone
         self.send_lock = threading.Lock()
         self.read_lock = threading.RLock()
-        self.spin_ns = _SPIN_NS   # 0 between threads: a spinning reader holds the GIL
+        self.spin_limit_ns = _SPIN_NS   # 0 between threads: a spinning reader holds the GIL
+        self.spin_ns = _SPIN_NS         # the current budget, adapted in wait()
 
     def fileno(self):
         return self.channel.fd
@@ -312,10 +314,17 @@ class Endpoint:
         """Block until receive() has something (or EOF); False on timeout."""
         if self.ready():
             return True
-        spin_end = time.perf_counter_ns() + min(self.spin_ns, timeout_ns if timeout_ns >= 0 else self.spin_ns)
-        while time.perf_counter_ns() < spin_end:
-            if self.inbox.has_data():
-                return True
+        # Spin only while spinning pays: on a busy host (more runnable threads than CPUs)
+        # the writer often is not running, and the spin burns the time slice it needs.
+        # The budget halves after each wait a spin would not have caught and doubles
+        # after one it would have, within [0, spin_limit_ns].
+        start = time.perf_counter_ns()
+        spin = self.spin_ns if timeout_ns < 0 else min(self.spin_ns, timeout_ns)
+        if spin >= _SPIN_MIN_NS:
+            spin_end = start + spin
+            while time.perf_counter_ns() < spin_end:
+                if self.inbox.has_data():
+                    return True
         ptr = self.inbox.ptr
         _exchange(ptr, _SLEEPING, 1)
         try:
@@ -323,6 +332,11 @@ class Endpoint:
                 return True
             self.channel.wait_readable(timeout_ns)
             self._drain_socket()
+            waited = time.perf_counter_ns() - start
+            if waited <= self.spin_limit_ns:
+                self.spin_ns = min(self.spin_limit_ns, max(2 * self.spin_ns, 2 * _SPIN_MIN_NS))
+            else:
+                self.spin_ns //= 2
             return self.ready()
         finally:
             _store(ptr, _SLEEPING, 0)

@@ -224,7 +224,7 @@ class Worker(Port):
         self._terminate_lock = threading.Lock()
         self._terminable = True
         parent_ep = self._endpoint
-        parent_ep.spin_ns = child_ep.spin_ns = 0
+        parent_ep.spin_limit_ns = child_ep.spin_limit_ns = parent_ep.spin_ns = child_ep.spin_ns = 0
         self._thread = threading.Thread(target=run, daemon=True, name=self.name)
         self._thread.start()
         self._child_ep = child_ep
