@@ -25,7 +25,7 @@ from concurrent.futures._base import BrokenExecutor
 import pytest
 
 from cfutil import SHORT_TIMEOUT, BaseTestCase, SharedCounter, SharedEvent, WorkerPoolMixin
-from pyclusterc.workers import RemoteTraceback, WorkerPool
+from pyclusterc.workers import RemoteTraceback
 from pyclusterc.workers import pool as pool_module
 
 pytestmark = pytest.mark.timeout(180)
@@ -127,6 +127,7 @@ class ExecutorTest:
         my_object_collected = threading.Event()
         my_object_callback = weakref.ref(
             my_object, lambda obj: my_object_collected.set())
+        self.assertIsNotNone(my_object_callback())
         # Deliberately discarding the future.
         self.executor.submit(my_object.my_method)
         del my_object
@@ -159,14 +160,22 @@ class ProcessPoolExecutorTest(ExecutorTest):
         # "broken".
         # WorkerPool: only the task the child was running fails (with WorkerDied, a
         # BrokenProcessPool); the child is replaced and submitting goes on working.
-        futures = [self.executor.submit(time.sleep, 3)]
+        started = SharedCounter()
+        futures = [self.executor.submit(_report_wait_return, started, SharedEvent(), 0)]
         # Get one of the processes, and terminate (kill) it
-        # WorkerPool: every one, as which one holds the task is not public.
-        time.sleep(0.2)                   # let the task reach its worker
-        for w in self.executor.workers:
-            os.kill(w.pid, signal.SIGTERM)
+        # WorkerPool: every one, as which one holds the task is not public, once the
+        # task runs.
+        self.assertTrue(started.wait_for(1))
+        killed = {w.pid for w in self.executor.workers}
+        for pid in killed:
+            os.kill(pid, signal.SIGTERM)
         for fut in futures:
             self.assertRaises(BrokenProcessPool, fut.result)
+        # Once replaced (a task sent to a worker as it dies fails with it).
+        deadline = time.monotonic() + SHORT_TIMEOUT
+        while killed & {w.pid for w in self.executor.workers}:
+            self.assertLess(time.monotonic(), deadline, "killed workers not replaced")
+            time.sleep(0.01)
         self.assertEqual(self.executor.submit(pow, 2, 8).result(SHORT_TIMEOUT), 256)
 
     def test_broken_process_pool_traceback(self):
@@ -175,8 +184,9 @@ class ProcessPoolExecutorTest(ExecutorTest):
         # for each future instead of sharing one exception among all futures.
         # WorkerPool: every worker is killed, so every running task fails.
         event = self.create_event()
-        futures = [self.executor.submit(event.wait) for _ in range(3)]
-        time.sleep(0.2)
+        started = SharedCounter()
+        futures = [self.executor.submit(_report_wait_return, started, event, i) for i in range(3)]
+        self.assertTrue(started.wait_for(3))   # WorkerPool: all three running
         for w in self.executor.workers:
             os.kill(w.pid, signal.SIGTERM)
         for fut in futures:

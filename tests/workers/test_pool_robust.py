@@ -10,7 +10,7 @@ import pytest
 
 from cfutil import assert_python_ok, run_python
 from pyclusterc import progress
-from pyclusterc.workers import TaskTransferError, WorkerDied, WorkerPool
+from pyclusterc.workers import WorkerPool
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -158,14 +158,17 @@ def _run_task(payload, fds):
         raise
     except BaseException as e:  # noqa: BLE001  (SystemExit from a __reduce__ too)
         return UNDELIVERED, pickle.dumps((describe(e), _traceback_text(e))), (), None
+    error = None
     try:
         result = fn(*args, **kwargs)
     except Terminated:
         raise
     except BaseException as e:  # noqa: BLE001  (the task's failure goes to its future)
-        del fn, args, kwargs
-        return RAISED, error_payload(e, _pack_exception), (), None
+        result, error = None, e
+    # Before anything else: the traceback keeps this frame, not the arguments.
     del fn, args, kwargs
+    if error is not None:
+        return RAISED, error_payload(error, _pack_exception), (), None
     try:
         body, result_fds = pack(result)
     except Terminated:
