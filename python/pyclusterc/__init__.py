@@ -3,7 +3,7 @@ from .shared import (Atomics, Barrier, BigInt64Array, BigUint64Array, Condition,
                      Float64Array, Int8Array, Int16Array, Int32Array, Mutex, OwnerDied, Semaphore,
                      SharedBuffer, TypedArray, Uint8Array, Uint16Array, Uint32Array)
 from .cluster import ready
-from .workers import WorkerDied, WorkerPool
+from .workers import WorkerDied, WorkerPool, progress
 from .workers import (BroadcastChannel, MessageChannel, MessagePort, Worker, WorkerError,
                       receive_message_on_port)
 

@@ -4,9 +4,11 @@ Objects travel pickled. A SharedBuffer (or a typed array over one) and a socket 
 by fd (SCM_RIGHTS), so the receiver maps the same memory or owns the same connection;
 nothing is copied. Payloads larger than one packet are sent as fragments, in order.
 """
+import collections
 import copyreg
 import errno
 import io
+import os
 import pickle
 import socket
 import threading
@@ -14,7 +16,8 @@ import threading
 from .._lowlevel.native import EAGAIN, EINTR, call_restarting, ffi, lib, os_error
 from ..shared.buffer import SharedBuffer, TypedArray
 
-__all__ = ["Channel", "ChannelClosed", "KIND_DATA", "KIND_CONTROL", "KIND_CONN"]
+__all__ = ["Channel", "ChannelClosed", "KIND_DATA", "KIND_CONTROL", "KIND_CONN", "Pickler",
+           "Unpickler", "dumps", "loads", "pickle_with_fds", "buffer_from_fd", "socket_from_fd"]
 
 KIND_CONN = lib.PC_MSG_CONN        # an accepted connection from the primary's loop
 KIND_DATA = lib.PC_MSG_DATA        # a user message (pickle)
@@ -35,15 +38,32 @@ def _reduce_typed_array(ta):
     return type(ta), (ta.buffer, ta.byte_offset, ta.length)
 
 
-class _Pickler(pickle.Pickler):
-    """Pickles SharedBuffers and sockets as references to fds sent alongside."""
+def buffer_from_fd(fd, name=None):
+    """A SharedBuffer mapping the memory behind a received fd. It takes the fd on every
+    path: on failure (not a pyclusterc region) the fd is closed."""
+    return SharedBuffer._from_fd(fd, name)   # the one place: shared has no public seam yet
+
+
+def socket_from_fd(fd):
+    """A socket owning a received fd; on failure (not a socket) the fd is closed."""
+    try:
+        return socket.socket(fileno=fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class Pickler(pickle.Pickler):
+    """Pickles SharedBuffers and sockets as references to fds sent alongside. Combined
+    with another Pickler class (cloudpickle's), its dispatch table still applies."""
 
     def __init__(self, file, fds):
+        # Before Pickler.__init__: the C pickler reads dispatch_table only there.
+        typed_arrays = {cls: _reduce_typed_array for cls in _typed_array_classes()}
+        self.dispatch_table = collections.ChainMap(
+            typed_arrays, getattr(self, "dispatch_table", copyreg.dispatch_table))
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.fds = fds
-        self.dispatch_table = copyreg.dispatch_table.copy()
-        for cls in _typed_array_classes():
-            self.dispatch_table[cls] = _reduce_typed_array
 
     def persistent_id(self, obj):
         if isinstance(obj, SharedBuffer):
@@ -59,20 +79,35 @@ class _Pickler(pickle.Pickler):
         return len(self.fds) - 1
 
 
-class _Unpickler(pickle.Unpickler):
+class Unpickler(pickle.Unpickler):
+    """Resolves the Pickler's fd references. Each received fd gets one owner at most;
+    loads() closes the ones nothing claimed, whatever the payload says."""
+
     def __init__(self, file, fds):
         super().__init__(file)
         self.fds = fds
         self.used = set()
 
+    def claim(self, *indices):
+        """The fds at indices (distinct, not claimed yet), now owned by the caller, who
+        closes them on every path. Nothing is claimed when one index is bad."""
+        for index in indices:
+            if type(index) is not int or not 0 <= index < len(self.fds) or index in self.used \
+                    or indices.count(index) > 1:
+                raise pickle.UnpicklingError(f"fd reference {index!r} names none of the "
+                                             f"{len(self.fds)} unclaimed fds received")
+        self.used.update(indices)
+        return [self.fds[i] for i in indices]
+
     def persistent_load(self, pid):
-        kind, index = pid[0], pid[1]
-        self.used.add(index)
-        if kind == "SharedBuffer":
-            return SharedBuffer._from_fd(self.fds[index], pid[2])
-        if kind == "socket":
-            return socket.socket(fileno=self.fds[index])
-        raise pickle.UnpicklingError(f"unknown fd reference {kind!r}")
+        if not isinstance(pid, tuple) or len(pid) < 2:
+            raise pickle.UnpicklingError(f"malformed fd reference {pid!r}")
+        kind = pid[0]
+        if kind == "SharedBuffer" and len(pid) == 3 and (pid[2] is None or isinstance(pid[2], str)):
+            return buffer_from_fd(*self.claim(pid[1]), pid[2])
+        if kind == "socket" and len(pid) == 2:
+            return socket_from_fd(*self.claim(pid[1]))
+        raise pickle.UnpicklingError(f"unknown fd reference {pid!r}")
 
 
 def _typed_array_classes():
@@ -84,25 +119,29 @@ def _typed_array_classes():
     return found
 
 
-def dumps(obj, pickler=None):
-    """Pickle obj; returns (payload, fds). Errors name the object that failed.
-    pickler(file, fds) makes the Pickler (workers.py adds ports and transfers)."""
+def pickle_with_fds(obj, pickler=None):
+    """Pickle obj; returns (payload, fds). pickler(file, fds) makes the Pickler (workers
+    add ports, transfers and by-value functions). Errors propagate as raised."""
     fds = []
     buf = io.BytesIO()
+    (pickler or Pickler)(buf, fds).dump(obj)
+    return buf.getvalue(), fds
+
+
+def dumps(obj, pickler=None):
+    """pickle_with_fds for a message: a failure is a TypeError naming the object."""
     try:
-        (pickler or _Pickler)(buf, fds).dump(obj)
+        return pickle_with_fds(obj, pickler)
     except (pickle.PicklingError, TypeError, AttributeError) as e:
         raise TypeError(f"cannot send {type(obj).__name__}: it is not picklable ({e})") from None
-    return buf.getvalue(), fds
 
 
 def loads(payload, fds, unpickler=None):
     """Unpickle a payload; fds not claimed by the object are closed."""
-    unpickler = (unpickler or _Unpickler)(io.BytesIO(payload), fds)
+    unpickler = (unpickler or Unpickler)(io.BytesIO(payload), fds)
     try:
         return unpickler.load()
     finally:
-        import os
         for i, fd in enumerate(fds):
             if i not in unpickler.used:
                 os.close(fd)
@@ -125,7 +164,8 @@ class Channel:
         self._recv_out = ffi.new("uint32_t[3]")   # kind, length, nfds
         self._recv_seq = ffi.new("uint64_t *")
         self._partial = []
-        self.closed = False
+        self.closed = False       # close() was called (EOF alone does not set it)
+        self.fd_open = True       # close() still has to close the fd
 
     # -- sending -----------------------------------------------------------------
     def send_object(self, obj, kind=KIND_DATA):
@@ -179,6 +219,8 @@ class Channel:
             data = ffi.buffer(self._recv_buf, length)[:]
             fds = [self._recv_fds[i] for i in range(nfds)]
             if kind == KIND_FRAGMENT:
+                for fd in fds:            # fds ride on the last packet only: these are strays
+                    os.close(fd)
                 self._partial.append(data)
                 continue
             if self._partial:
@@ -191,7 +233,8 @@ class Channel:
         return rc == 0
 
     def close(self):
-        if not self.closed:
-            import os
-            self.closed = True
+        """Close the fd (once; Endpoint.close hands it to its finalizer instead)."""
+        self.closed = True
+        if self.fd_open:
+            self.fd_open = False
             os.close(self.fd)

@@ -18,10 +18,11 @@ import time
 import weakref
 
 from .._lowlevel.native import check, ffi, lib
-from .channel import Channel, ChannelClosed
+from .channel import Channel, ChannelClosed, buffer_from_fd
 from ..shared.buffer import SharedBuffer
 
-__all__ = ["Endpoint", "endpoint_pair", "wait_any", "ChannelClosed"]
+__all__ = ["Endpoint", "Ring", "endpoint_pair", "wait_any", "ChannelClosed", "MalformedRecord",
+           "RING_HEADER_BYTES"]
 
 # Record kinds (channel.py reserves < 32).
 DATA = 2
@@ -33,10 +34,12 @@ BYTES = 36        # a message that is exactly a bytes object, sent as is (no pic
 _WRAP = 255       # ring only: the rest of the ring is padding
 
 _RING_BYTES = 1 << 20          # per direction
-_CELLS = 64                    # header: head, tail, sleeping (int64 each), padded
+RING_HEADER_BYTES = _CELLS = 64                    # header: head, tail, sleeping (int64 each), padded
 _HEAD, _TAIL, _SLEEPING = 0, 1, 2
+_WAKE_FOR_QUIET = 3            # set by the reader: ring the doorbell for quiet records too
 _RECORD = struct.Struct("<II")  # payload length, kind
-_SPIN_NS = 50_000              # poll the ring this long before sleeping (round-trip latency)
+_SPIN_NS = 50_000              # at most, poll the ring this long before sleeping (round trips)
+_SPIN_MIN_NS = 2_000           # below this a spin is not worth starting
 
 _load = lib.pc_load_i64
 _store = lib.pc_store_i64
@@ -44,10 +47,19 @@ _exchange = lib.pc_exchange_i64
 _pack_into = _RECORD.pack_into
 
 
-class _Ring:
+class MalformedRecord(ChannelClosed):
+    """The ring holds a record no writer produces (a length past the data written):
+    the link is unusable, so it reads as closed."""
+
+
+class Ring:
     """One direction. Exactly one thread writes (under Endpoint's lock), one reads."""
 
     def __init__(self, buf):
+        data_bytes = buf.byte_length - _CELLS
+        if data_bytes < 64 or data_bytes & (data_bytes - 1):
+            raise ValueError(f"a ring needs a SharedBuffer of {_CELLS} + a power of two "
+                             f"(>= 64) bytes, not {buf.byte_length}")
         self.buf = buf
         self.cells = memoryview(buf)[:_CELLS]
         self.ptr = ffi.from_buffer(self.cells)
@@ -106,14 +118,20 @@ class _Ring:
         """(kind, payload bytes) or None."""
         if not self.has_data():
             return None
-        off = self.head & self.mask
+        head, tail = self.head, self.seen_tail
+        if not 0 < tail - head <= self.cap or (head | tail) & 7:
+            raise MalformedRecord(f"malformed ring: {tail - head} bytes pending in {self.cap}")
+        off = head & self.mask
         n, kind = _RECORD.unpack_from(self.data, off)
         if kind == _WRAP:
-            self.head += self.cap - off
+            head += self.cap - off
             off = 0
             n, kind = _RECORD.unpack_from(self.data, off)
+        size = 8 + ((n + 7) & ~7)
+        if head + size > tail or off + size > self.cap:
+            raise MalformedRecord(f"malformed ring record: {n} bytes at offset {off}")
         payload = self.data[off + 8:off + 8 + n].tobytes()
-        self.head += 8 + ((n + 7) & ~7)
+        self.head = head + size
         _store(self.ptr, _HEAD, self.head)
         return kind, payload
 
@@ -126,24 +144,36 @@ class _Ring:
         if head == tail:
             return [], False
         data, mask, cap, unpack = self.data, self.mask, self.cap, _RECORD.unpack_from
+        if not 0 < tail - head <= cap or (head | tail) & 7:
+            raise MalformedRecord(f"malformed ring: {tail - head} bytes pending in {cap}")
         out, marker = [], False
         while head != tail:
             off = head & mask
             n, kind = unpack(data, off)
             if kind == _WRAP:
+                if off == 0 or head + cap - off > tail:
+                    raise MalformedRecord(f"malformed ring record: a wrap at offset {off}")
                 head += cap - off
                 continue
+            size = 8 + ((n + 7) & ~7)
+            # A length no writer produces must not send the reader past what was written.
+            if head + size > tail or off + size > cap:
+                raise MalformedRecord(f"malformed ring record: {n} bytes at offset {off}")
             out.append((kind, data[off + 8:off + 8 + n].tobytes(), ()))
             marker = marker or kind == MARKER
-            head += 8 + ((n + 7) & ~7)
+            head += size
         self.head = head
         _store(self.ptr, _HEAD, head)
         return out, marker
 
-    def close(self):
+    def release(self):
+        """Drop this ring's views of its buffer (the buffer stays open)."""
         ffi.release(self.ptr)
         self.cells.release()
         self.data.release()
+
+    def close(self):
+        self.release()
         self.buf.close()
 
 
@@ -151,26 +181,29 @@ class Endpoint:
     """One side of a duplex link: send() from any thread, receive from one at a time."""
 
     def __init__(self, sock_fd, in_buf, out_buf):
+        self.inbox = Ring(in_buf)
+        self.outbox = Ring(out_buf)
         self.channel = Channel(sock_fd)
         # The fd closes when nothing uses this endpoint any more (or at close()), so a
         # thread still polling it never sees the number reused.
         self._close_fd = weakref.finalize(self, os.close, sock_fd)
-        self.inbox = _Ring(in_buf)
-        self.outbox = _Ring(out_buf)
         self.pending = collections.deque()   # socket messages whose MARKER is not read yet
         self.peer_closed = False
         self.closed = False       # shut down: no more sending
         self.released = False     # fd and mappings gone
         self.send_lock = threading.Lock()
         self.read_lock = threading.RLock()
-        self.spin_ns = _SPIN_NS   # 0 between threads: a spinning reader holds the GIL
+        self.spin_limit_ns = _SPIN_NS   # 0 between threads: a spinning reader holds the GIL
+        self.spin_ns = _SPIN_NS         # the current budget, adapted in wait()
 
     def fileno(self):
         return self.channel.fd
 
     # -- sending -------------------------------------------------------------------
-    def send(self, kind, payload, fds=()):
-        """Raises ChannelClosed when the peer is gone (after waiting out a full ring)."""
+    def send(self, kind, payload, fds=(), quiet=False):
+        """Raises ChannelClosed when the peer is gone (after waiting out a full ring).
+        A quiet record (a worker's ONLINE) wakes a sleeping reader only if it asked for
+        that (want_quiet_records); otherwise it waits in the ring for the next one."""
         out = self.outbox
         n = len(payload)
         size = 8 + ((n + 7) & ~7)
@@ -188,8 +221,15 @@ class Endpoint:
                 data[off + 8:off + 8 + n] = payload
                 out.tail = tail = tail + size
                 _store(out.ptr, _TAIL, tail)   # seq-cst: the record is visible first
-            if _load(out.ptr, _SLEEPING) and _exchange(out.ptr, _SLEEPING, 0):
+            # seq-cst loads after the tail store: a reader that set either flag before
+            # looking at the ring sees this record, or we see its flag.
+            if _load(out.ptr, _SLEEPING) and (not quiet or _load(out.ptr, _WAKE_FOR_QUIET)) \
+                    and _exchange(out.ptr, _SLEEPING, 0):
                 self.channel.send_bytes(b"", DOORBELL)
+
+    def want_quiet_records(self):
+        """Be woken for quiet records too (someone listens for the worker's 'online')."""
+        _store(self.inbox.ptr, _WAKE_FOR_QUIET, 1)
 
     def _send_slow(self, kind, payload, fds):
         out = self.outbox
@@ -274,10 +314,17 @@ class Endpoint:
         """Block until receive() has something (or EOF); False on timeout."""
         if self.ready():
             return True
-        spin_end = time.perf_counter_ns() + min(self.spin_ns, timeout_ns if timeout_ns >= 0 else self.spin_ns)
-        while time.perf_counter_ns() < spin_end:
-            if self.inbox.has_data():
-                return True
+        # Spin only while spinning pays: on a busy host (more runnable threads than CPUs)
+        # the writer often is not running, and the spin burns the time slice it needs.
+        # The budget halves after each wait a spin would not have caught and doubles
+        # after one it would have, within [0, spin_limit_ns].
+        start = time.perf_counter_ns()
+        spin = self.spin_ns if timeout_ns < 0 else min(self.spin_ns, timeout_ns)
+        if spin >= _SPIN_MIN_NS:
+            spin_end = start + spin
+            while time.perf_counter_ns() < spin_end:
+                if self.inbox.has_data():
+                    return True
         ptr = self.inbox.ptr
         _exchange(ptr, _SLEEPING, 1)
         try:
@@ -285,6 +332,11 @@ class Endpoint:
                 return True
             self.channel.wait_readable(timeout_ns)
             self._drain_socket()
+            waited = time.perf_counter_ns() - start
+            if waited <= self.spin_limit_ns:
+                self.spin_ns = min(self.spin_limit_ns, max(2 * self.spin_ns, 2 * _SPIN_MIN_NS))
+            else:
+                self.spin_ns //= 2
             return self.ready()
         finally:
             _store(ptr, _SLEEPING, 0)
@@ -310,16 +362,45 @@ class Endpoint:
                 return
             self.closed = self.released = True
             self.channel.closed = True
+            self.channel.fd_open = False     # the finalizer owns it
             self._close_fd()
             self.inbox.close()
             self.outbox.close()
+
+    def abandon(self):
+        """In a forked child, for an endpoint of the parent's: close our copy of its fd
+        (so the peer's hang-up still shows) and never touch it again. The mappings go
+        with the process. No lock: another thread may have held it at the fork."""
+        if not self.released:
+            self.closed = self.released = True
+            self.channel.closed = True
+            self.channel.fd_open = False
+            self._close_fd()
 
     def fds_for_transfer(self):
         return [self.channel.fd, self.inbox.buf.fileno(), self.outbox.buf.fileno()]
 
     @classmethod
-    def from_fds(cls, sock_fd, in_buf, out_buf):
-        return cls(sock_fd, in_buf, out_buf)
+    def adopt(cls, sock_fd, in_fd, out_fd):
+        """An Endpoint over received fds (its socket and two ring regions), which it owns
+        on every path: on failure all three are closed."""
+        owned = []
+        try:
+            in_buf = buffer_from_fd(in_fd)
+            owned.append(in_buf)
+            out_buf = buffer_from_fd(out_fd)
+            owned.append(out_buf)
+            return cls(sock_fd, in_buf, out_buf)
+        except BaseException:
+            for buf in owned:
+                try:
+                    buf.close()
+                except BufferError:
+                    pass          # a half-made ring still maps it: the GC closes it
+            os.close(sock_fd)
+            if len(owned) == 0:
+                os.close(out_fd)
+            raise
 
 
 def endpoint_pair():
@@ -334,7 +415,7 @@ def endpoint_pair():
 
 
 def _remap(buf):
-    return SharedBuffer._from_fd(os.dup(buf.fileno()), buf.name)
+    return buffer_from_fd(os.dup(buf.fileno()), buf.name)
 
 
 def wait_any(endpoints, timeout_ns=-1, extra_fds=()):

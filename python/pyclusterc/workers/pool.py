@@ -1,69 +1,147 @@
-"""WorkerPool: a concurrent.futures.Executor over pyclusterc Workers.
+"""WorkerPool: a ``concurrent.futures.Executor`` over pyclusterc Workers.
+
+    caller threads                 manager thread (_Manager.run)          pool workers
+    submit(fn, *args)                                                    (tasks.worker_loop)
+      pickle now (errors go to       wait_any(worker endpoints, wakeup)
+      the future); queue; send  ---- TASK records, up to DEPTH a worker -->  run, reply
+      if a worker has room           collect RESULT / RAISED / UNDELIVERED  <--
+    future.result()  <-------------- set each future (a record that does not unpickle
+                                     fails only its own future)
+                                     a worker's EOF: its running task fails (WorkerDied),
+                                     tasks queued behind it go to others; it is replaced
+    shutdown()/del/exit ------------ wakeup: finish the queued work, STOP, join workers
 
 Unlike ProcessPoolExecutor, a worker that dies (a signal, os._exit, a segfault) fails
-only the task it was running, with WorkerDied saying how it died; it is replaced and
-the pool goes on. Tasks and results travel over the workers' channels, so SharedBuffers
-and typed arrays among the arguments arrive as the same memory.
+only the task it was running; it is replaced and the pool goes on. A failing
+initializer breaks the pool (BrokenWorkerPool), as the stdlib's does. The manager holds
+no reference to the WorkerPool, so dropping the last one shuts it down; at interpreter
+exit every pool finishes its queued work first.
 """
+import atexit
 import collections
 import concurrent.futures as cf
+import functools
 import itertools
+import logging
 import os
-import sys
+import pickle
 import threading
+import weakref
 
 from .._lowlevel.cpus import usable_cpus
-from ..ipc import ring as _ring
-from . import Worker, WorkerError
+from .._lowlevel.wakeup import WakeupPipe
+from ..ipc import ring
+from ..ipc.ring import ERROR, ChannelClosed
+from . import tasks
+from .errors import (BrokenWorkerPool, RemoteTraceback, TaskTransferError, WorkerDied,
+                     describe, rebuild_error)
+from .ports import decode
+from .worker import Worker
 
-__all__ = ["WorkerPool", "WorkerDied", "usable_cpus"]
+__all__ = ["WorkerPool", "WorkerDied", "BrokenWorkerPool", "TaskTransferError", "usable_cpus"]
 
-
-class WorkerDied(RuntimeError):
-    """The worker running a task ended before finishing it."""
-
-
-def _pool_worker(initializer, initargs, max_tasks):
-    """A pool worker's main loop: run (task_id, fn, args, kwargs) until told to stop."""
-    from . import _context
-    port = _context().parent_port
-    if initializer is not None:
-        initializer(*initargs)
-    done = 0
-    for task in port:
-        if task is None:
-            return
-        task_id, fn, args, kwargs = task
-        try:
-            reply = (task_id, True, fn(*args, **kwargs))
-        except BaseException as e:  # noqa: BLE001  (the task's failure goes to its future)
-            reply = (task_id, False, _remote_error(e))
-        try:
-            port.post_message(reply)
-        except TypeError as e:
-            port.post_message((task_id, False, _remote_error(e)))
-        done += 1
-        if max_tasks and done >= max_tasks:
-            return
+DEPTH = 2                  # tasks sent ahead to a worker: one running, one ready behind it
+_logger = logging.getLogger("concurrent.futures")
+_live_managers = set()
+_interpreter_exiting = False
 
 
-def _remote_error(e):
-    import pickle
-    import traceback
-    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-    try:
-        pickle.dumps(e)
-        return e, tb
-    except Exception:  # noqa: BLE001
-        return WorkerError(f"{type(e).__name__}: {e}", tb, type(e).__qualname__), tb
+def _python_exit():
+    """At interpreter exit: every pool finishes its queued work, then stops."""
+    global _interpreter_exiting
+    _interpreter_exiting = True
+    managers = list(_live_managers)
+    for manager in managers:
+        manager.begin_shutdown()
+    for manager in managers:
+        manager.thread.join()
 
 
-class _RemoteTraceback(Exception):
-    def __init__(self, tb):
-        super().__init__(tb)
+# Registered at import, so it runs after the atexit hooks registered later (they may
+# still use a pool) and before those registered earlier (they get RuntimeError), while
+# the daemon manager threads still run.
+atexit.register(_python_exit)
+os.register_at_fork(after_in_child=_live_managers.clear)   # a child has no manager threads
 
-    def __str__(self):
-        return f'\n"""\n{self.args[0]}"""'
+
+class _Task:
+    __slots__ = ("id", "future", "name", "record", "fds", "keep", "started")
+
+    def __init__(self, task_id, future, name, record, fds, keep):
+        self.id, self.future, self.name = task_id, future, name
+        self.record, self.fds, self.keep = record, fds, keep
+        self.started = False
+
+
+def _task_name(fn):
+    if isinstance(fn, tasks.ByValue):
+        fn = fn.fn
+    if isinstance(fn, functools.partial):
+        fn = fn.func
+    module = getattr(fn, "__module__", None)
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}.{name}" if module else name
+
+
+class WorkerPool(cf.Executor):
+    """``concurrent.futures.Executor`` over ``max_workers`` pyclusterc Workers (default:
+    the usable CPUs). ``initializer(*initargs)`` runs in each worker first; a worker is
+    replaced after ``max_tasks_per_child`` tasks. ``backend="thread"`` runs workers as
+    threads (for free-threaded Python or GIL-releasing work)."""
+
+    def __init__(self, max_workers=None, initializer=None, initargs=(), max_tasks_per_child=None,
+                 backend="process"):
+        if max_workers is None:
+            max_workers = usable_cpus()
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+            raise TypeError(f"max_workers must be an int, not {type(max_workers).__name__}")
+        if max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if max_tasks_per_child is not None and (isinstance(max_tasks_per_child, bool) or
+                                                not isinstance(max_tasks_per_child, int) or
+                                                max_tasks_per_child < 1):
+            raise ValueError(f"max_tasks_per_child must be an int >= 1 or None, got {max_tasks_per_child!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
+        if backend not in ("process", "thread"):
+            raise ValueError(f"WorkerPool backend must be 'process' or 'thread', not {backend!r}")
+        self._max_workers = max_workers
+        self._manager = _Manager(max_workers, (initializer, tuple(initargs), max_tasks_per_child),
+                                 max_tasks_per_child, backend)
+        # Dropping the pool shuts it down (without waiting), as the stdlib's executors do.
+        weakref.finalize(self, self._manager.begin_shutdown).atexit = False
+
+    # -- Executor API -------------------------------------------------------------------
+    def submit(self, fn, /, *args, **kwargs):
+        return self._manager.submit(fn, args, kwargs)
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1, **more):
+        """Executor.map: results in order; ``chunksize`` tasks' worth of arguments travel
+        together. Other keywords go to Executor.map as they are (``buffersize`` on 3.14)."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        fn = tasks.ByValue.of(fn) or fn     # pickled once for all the tasks, not per task
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout, **more)
+        chunks = super().map(functools.partial(tasks.run_chunk, fn), _chunks(iterables, chunksize),
+                             timeout=timeout, **more)
+        return _flatten(chunks)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        self._manager.begin_shutdown(cancel_futures)
+        # A done-callback runs on the manager thread: it cannot wait for itself.
+        if wait and threading.current_thread() is not self._manager.thread:
+            self._manager.thread.join()
+
+    @property
+    def workers(self):
+        """The live Worker objects (a snapshot)."""
+        return self._manager.snapshot()
+
+    @property
+    def broken(self):
+        """Why the pool cannot run tasks (a str), or False."""
+        return self._manager.broken or False
 
 
 def _chunks(iterables, chunksize):
@@ -72,199 +150,265 @@ def _chunks(iterables, chunksize):
         yield chunk
 
 
-def _run_chunk(fn, chunk):
-    return [fn(*args) for args in chunk]
+def _flatten(chunks):
+    # Pop as we go: the iterator must not keep results alive (bpo-14406).
+    for chunk in chunks:
+        chunk.reverse()
+        while chunk:
+            yield chunk.pop()
 
 
-class WorkerPool(cf.Executor):
-    def __init__(self, max_workers=None, initializer=None, initargs=(), max_tasks_per_child=None,
-                 backend="process"):
-        if max_workers is None:
-            max_workers = usable_cpus()
-        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
-            raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
-        if max_tasks_per_child is not None and (not isinstance(max_tasks_per_child, int)
-                                                or max_tasks_per_child < 1):
-            raise ValueError(f"max_tasks_per_child must be an int >= 1 or None, got {max_tasks_per_child!r}")
-        if initializer is not None and not callable(initializer):
-            raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
-        if backend not in ("process", "thread"):
-            raise ValueError(f"WorkerPool backend must be 'process' or 'thread', not {backend!r}")
-        self._max_workers = max_workers
-        self._worker_args = (initializer, tuple(initargs), max_tasks_per_child)
-        self._max_tasks = max_tasks_per_child
-        self._backend = backend
-        self._lock = threading.Lock()
-        self._pending = collections.deque()    # (task_id, future, fn, args, kwargs)
-        self._running = {}                     # Worker -> task or None (idle)
-        self._task_counts = {}
-        self._ids = itertools.count()
-        self._shutdown = False
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        with self._lock:
-            for _ in range(max_workers):
-                self._spawn_locked()
-        self._manager = threading.Thread(target=self._manage, daemon=True, name="pyclusterc-pool")
-        self._manager.start()
+class _Manager:
+    """The pool's state and its manager thread; knows nothing of the WorkerPool object."""
 
-    # -- Executor API -------------------------------------------------------------------
-    def submit(self, fn, /, *args, **kwargs):
+    def __init__(self, max_workers, worker_args, max_tasks, backend):
+        self.worker_args, self.max_tasks, self.backend = worker_args, max_tasks, backend
+        self.lock = threading.Lock()
+        self.pending = collections.deque()     # _Task not sent yet (or sent to a dead worker)
+        self.inflight = {}                     # Worker -> deque of _Task it holds, in order
+        self.sent = {}                         # Worker -> tasks sent over its lifetime
+        self.init_failed = set()               # Workers that said INIT_FAILED
+        self.ids = itertools.count()
+        self.names = itertools.count()
+        self.shutting_down = False
+        self.broken = None
+        self.wakeup = WakeupPipe()
+        with self.lock:
+            try:
+                for _ in range(max_workers):
+                    self.spawn_locked()
+            except BaseException:
+                for worker in self.inflight:   # no manager yet to stop the ones started
+                    worker.terminate()
+                self.wakeup.close()
+                raise
+        self.thread = threading.Thread(target=self.run, daemon=True, name="pyclusterc-pool")
+        _live_managers.add(self)
+        self.thread.start()
+
+    # -- called from user threads ----------------------------------------------------------
+    def submit(self, fn, args, kwargs):
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, not {type(fn).__name__}")
         future = cf.Future()
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot submit to a WorkerPool after shutdown()")
-            self._pending.append((next(self._ids), future, fn, args, kwargs))
-            self._dispatch_locked()
+        task_id = next(self.ids)
+        try:
+            record, fds = tasks.task_record(task_id, fn, args, kwargs)
+        except BaseException as e:  # noqa: BLE001  (a task that cannot travel fails its future)
+            record = None
+            error = e
+        with self.lock:
+            if self.broken:
+                raise BrokenWorkerPool(self.broken)
+            if self.shutting_down:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if _interpreter_exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            if record is None:
+                future.set_exception(error)
+                return future
+            # The arguments themselves are kept only while their fds must stay open.
+            self.pending.append(_Task(task_id, future, _task_name(fn), record, fds,
+                                      (fn, args, kwargs) if fds else None))
+            self.dispatch_locked()
         return future
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1, progress=False):
-        if chunksize < 1:
-            raise ValueError(f"chunksize must be >= 1, got {chunksize}")
-        if chunksize == 1:
-            results = super().map(fn, *iterables, timeout=timeout)
-        else:
-            chunks = super().map(_run_chunk, itertools.repeat(fn), _chunks(iterables, chunksize),
-                                 timeout=timeout)
-            results = itertools.chain.from_iterable(chunks)
-        if not progress:
-            return results
-        sizes = [len(it) for it in iterables if hasattr(it, "__len__")]
-        total = min(sizes) if len(sizes) == len(iterables) and sizes else None
-        return _with_progress(results, total)
-
-    def shutdown(self, wait=True, *, cancel_futures=False):
-        with self._lock:
-            self._shutdown = True
+    def begin_shutdown(self, cancel_futures=False):
+        with self.lock:
+            self.shutting_down = True
             if cancel_futures:
-                while self._pending:
-                    self._pending.popleft()[1].cancel()
-        self._wake()
-        if wait:
-            self._manager.join()
+                kept = collections.deque()
+                for task in self.pending:
+                    if task.started or not task.future.cancel():
+                        kept.append(task)         # already running: it still finishes
+                self.pending = kept
+            self.wakeup.wake()     # under the lock: stop_workers closes it under the lock
 
-    # -- internals ----------------------------------------------------------------------
-    def _spawn_locked(self):
-        w = Worker(_pool_worker, args=self._worker_args, backend=self._backend,
-                   name=f"pool-worker-{len(self._task_counts)}")
-        self._running[w] = None
-        self._task_counts[w] = 0
+    def snapshot(self):
+        with self.lock:
+            return tuple(self.inflight)
 
-    def _dispatch_locked(self):
-        for w, task in self._running.items():
-            if not self._pending:
-                return
-            if task is not None or (self._max_tasks and self._task_counts[w] >= self._max_tasks):
-                continue
-            while self._pending:
-                task = self._pending.popleft()
-                if task[1].set_running_or_notify_cancel():
-                    break
-            else:
-                return
-            task_id, future, fn, args, kwargs = task
-            try:
-                w.post_message((task_id, fn, args, kwargs))
-            except Exception as e:  # noqa: BLE001  (e.g. fn or an argument does not pickle)
-                future.set_exception(e)
-                continue
-            self._running[w] = task
-            self._task_counts[w] += 1
-
-    def _wake(self):
-        with self._lock:
-            if self._wake_w is None:     # the manager has finished and closed it
-                return
-            try:
-                os.write(self._wake_w, b"x")
-            except BlockingIOError:
-                pass
-
-    def _manage(self):
+    # -- the manager thread ------------------------------------------------------------------
+    def run(self):
         try:
-            while True:
-                with self._lock:
-                    workers = list(self._running)
-                    idle = all(t is None for t in self._running.values())
-                    if self._shutdown and idle and not self._pending:
-                        break
-                by_endpoint = {w._endpoint: w for w in workers}
-                ready = _ring.wait_any(list(by_endpoint), -1, [self._wake_r])
-                try:
-                    os.read(self._wake_r, 4096)
-                except BlockingIOError:
-                    pass
-                for ep in ready:
-                    self._collect(by_endpoint[ep])
+            self.loop()
+        except BaseException as e:  # noqa: BLE001  (never leave a future waiting forever)
+            self.break_pool(f"the pool's manager thread failed: {describe(e)}")
         finally:
-            self._stop_workers()
+            self.stop_workers()
+            _live_managers.discard(self)
 
-    def _collect(self, w):
+    def loop(self):
         while True:
+            with self.lock:
+                if self.broken or (self.shutting_down and not self.pending
+                                   and not any(self.inflight.values())):
+                    return
+                by_endpoint = {w.endpoint: w for w in self.inflight}
+            ready = ring.wait_any(list(by_endpoint), -1, [self.wakeup.fileno()])
+            self.wakeup.drain()
+            for endpoint in ready:
+                self.collect(by_endpoint[endpoint])
+            with self.lock:
+                self.dispatch_locked()
+
+    def collect(self, worker):
+        try:
+            batch = worker.endpoint.receive_all()
+        except (ChannelClosed, OSError):
+            self.worker_ended(worker)
+            return
+        for kind, payload, fds in batch:
             try:
-                reply = w.receive(0)
-            except TimeoutError:
-                return
-            except (EOFError, WorkerError) as e:
-                if isinstance(e, WorkerError):     # the initializer raised: the worker is ending
-                    continue
-                self._replace(w)
-                return
-            task_id, ok, value = reply
-            with self._lock:
-                task = self._running[w]
-                self._running[w] = None
-                self._dispatch_locked()
-            future = task[1]
-            if ok:
-                future.set_result(value)
-            else:
-                exc, tb = value
-                exc.__cause__ = _RemoteTraceback(tb)
-                future.set_exception(exc)
+                self.handle(worker, kind, payload, fds)
+            except BaseException as e:  # noqa: BLE001  (one bad record must not stop the pool)
+                self.fail_next(worker, TaskTransferError(
+                    f"a reply from worker {worker.name} could not be handled: {describe(e)}"))
 
-    def _replace(self, w):
-        with self._lock:
-            task = self._running.pop(w)
-            self._task_counts.pop(w)
-            if not self._shutdown or self._pending or any(self._running.values()):
-                self._spawn_locked()
-            self._dispatch_locked()
+    def handle(self, worker, kind, payload, fds):
+        if kind == tasks.INIT_FAILED:
+            summary, tb, *_ = rebuild_error(payload)
+            _logger.critical("Exception in initializer:\n%s", tb)
+            self.init_failed.add(worker)
+            self.break_pool(f"A worker initializer failed, the pool is not usable anymore: {summary}")
+            return
+        if kind == ERROR:        # worker_loop itself raised: its tasks fail when it ends
+            return
+        if kind not in (tasks.RESULT, tasks.RAISED, tasks.UNDELIVERED):
+            for fd in fds:
+                os.close(fd)
+            return
+        task_id = tasks.HEADER.unpack_from(payload)[0]
+        body = memoryview(payload)[tasks.HEADER.size:]
+        with self.lock:
+            queue = self.inflight.get(worker)
+            task = queue.popleft() if queue else None
+        if task is None or task.id != task_id:
+            raise RuntimeError(f"worker {worker.name} replied for task {task_id}, "
+                               f"not the one it was given")
+        task.keep = task.record = task.fds = None
+        self.settle(task, kind, body, fds, worker)
+
+    def settle(self, task, kind, body, fds, worker):
+        future = task.future
+        if kind == tasks.RESULT:
+            try:
+                value = decode(body, fds)
+            except BaseException as e:  # noqa: BLE001  (SystemExit from a __reduce__ too)
+                error = TaskTransferError(f"the result of task {task.name} could not be "
+                                          f"unpickled in the parent: {describe(e)}")
+                error.__cause__ = e
+                future.set_exception(error)
+                return
+            future.set_result(value)
+        elif kind == tasks.RAISED:
+            summary, tb, _, exc, why = rebuild_error(body)
+            if exc is None:
+                exc = TaskTransferError(f"task {task.name} raised {summary}, which could not "
+                                        f"be rebuilt in the parent ({why})", tb)
+            exc.__cause__ = RemoteTraceback(tb)
+            future.set_exception(exc)
+        else:
+            summary, tb = pickle.loads(body)
+            future.set_exception(TaskTransferError(
+                f"task {task.name} could not be unpickled in worker {worker.name}: {summary}", tb))
+
+    def fail_next(self, worker, error):
+        with self.lock:
+            queue = self.inflight.get(worker)
+            task = queue.popleft() if queue else None
         if task is not None:
-            how = f"was killed by {w.signal}" if w.signal else f"exited with code {w.exit_code}"
-            task[1].set_exception(WorkerDied(
-                f"worker {w.name} (pid {w.pid}) {how} while running this task; it was replaced"))
+            task.future.set_exception(error)
 
-    def _stop_workers(self):
-        with self._lock:
-            workers = list(self._running)
-            self._running.clear()
-        for w in workers:
-            w.post_message(None)
-        for w in workers:
-            if w.join(10) is None:
-                w.terminate()
-        with self._lock:
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self._wake_w = None
+    def worker_ended(self, worker):
+        worker.join()
+        with self.lock:
+            queue = self.inflight.pop(worker, collections.deque())
+            self.sent.pop(worker, None)
+            running = queue.popleft() if queue else None
+            self.pending.extendleft(reversed(queue))   # they never started: run them elsewhere
+            needed = not self.broken and (not self.shutting_down or self.pending
+                                          or any(self.inflight.values()))
+            spawn_error = None
+            if needed and worker not in self.init_failed:
+                try:
+                    self.spawn_locked()
+                except Exception as e:  # noqa: BLE001  (fork can fail: EAGAIN, ENOMEM)
+                    spawn_error = e
+            self.init_failed.discard(worker)
+        if running is not None:
+            how = (f"was killed by {worker.signal}" if worker.signal
+                   else f"terminated abruptly with exit code {worker.exit_code}")
+            text = f"worker {worker.name} (pid {worker.pid}) {how} while running task {running.name}"
+            error = WorkerDied(f"{text}; it was replaced")
+            error.__cause__ = RemoteTraceback(text)
+            running.future.set_exception(error)
+        if spawn_error is not None and not self.inflight:
+            self.break_pool(f"a worker could not be started: {describe(spawn_error)}")
 
+    def break_pool(self, why):
+        with self.lock:
+            if self.broken is None:
+                self.broken = why
+            tasks_left = list(self.pending)
+            self.pending.clear()
+            for queue in self.inflight.values():
+                tasks_left.extend(queue)
+                queue.clear()
+        for task in tasks_left:
+            if not task.future.done():
+                # One exception each: a shared one would grow a traceback per result().
+                task.future.set_exception(BrokenWorkerPool(why))
 
-def _with_progress(results, total):
-    """A tqdm progress bar over the results (a plain counter if tqdm is missing)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if tqdm is not None:
-        yield from tqdm(results, total=total, unit="task")
-        return
-    tty = sys.stderr.isatty()
-    for n, value in enumerate(results, 1):
-        if tty:
-            sys.stderr.write(f"\r{n} done")
-            sys.stderr.flush()
-        yield value
-    if tty:
-        sys.stderr.write("\n")
+    def spawn_locked(self):
+        worker = Worker(tasks.worker_loop, args=self.worker_args, backend=self.backend,
+                        name=f"pool-worker-{next(self.names)}")
+        self.inflight[worker] = collections.deque()
+        self.sent[worker] = 0
+
+    def dispatch_locked(self):
+        # Breadth first: every idle worker gets a task before any gets a second one.
+        for depth in range(DEPTH):
+            for worker, queue in self.inflight.items():
+                if not self.pending:
+                    return
+                if len(queue) == depth and not (self.max_tasks and self.sent[worker] >= self.max_tasks):
+                    self.send_next_locked(worker, queue)
+
+    def send_next_locked(self, worker, queue):
+        while self.pending:
+            task = self.pending[0]
+            if queue and len(task.record) > worker.endpoint.outbox.max_record:
+                # A record this large streams over the socket: only a worker that is
+                # waiting reads it at once, so the send cannot wait on a busy worker
+                # that itself waits for us to read its result.
+                return
+            self.pending.popleft()
+            if not task.started:
+                if not task.future.set_running_or_notify_cancel():
+                    continue                      # cancelled while it waited
+                task.started = True
+            try:
+                worker.endpoint.send(tasks.TASK, task.record, task.fds)
+            except (ChannelClosed, OSError):
+                self.pending.appendleft(task)     # the worker is gone: its EOF comes next
+                return
+            queue.append(task)
+            self.sent[worker] += 1
+            return
+
+    def stop_workers(self):
+        with self.lock:
+            workers = list(self.inflight)
+        for worker in workers:
+            try:
+                worker.endpoint.send(tasks.STOP, b"")
+            except (ChannelClosed, OSError):
+                pass
+        for worker in workers:
+            if worker.join(10) is None:
+                worker.terminate()
+        with self.lock:
+            self.inflight.clear()
+            self.sent.clear()
+            self.wakeup.close()
