@@ -106,8 +106,11 @@ def wait_for_waiters(ta, index, n, timeout=10.0):
 
 
 @pytest.fixture
-def runtime_dir(tmp_path):
-    """A private XDG_RUNTIME_DIR: the test's control sockets live there, nobody else's."""
-    path = tmp_path / "run"
-    path.mkdir(mode=0o700)
-    return str(path)
+def runtime_dir():
+    """A private XDG_RUNTIME_DIR: the test's control sockets live there, nobody else's.
+    Short, under /tmp: a Unix socket path has at most 107 bytes."""
+    import shutil
+    import tempfile
+    path = tempfile.mkdtemp(prefix="pc-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

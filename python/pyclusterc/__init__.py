@@ -15,5 +15,5 @@ __all__ = [
     "BigInt64Array", "BigUint64Array", "Float32Array", "Float64Array",
     "Mutex", "Condition", "Semaphore", "Barrier", "OwnerDied",
     "Worker", "WorkerError", "MessageChannel", "MessagePort", "BroadcastChannel",
-    "receive_message_on_port", "WorkerPool", "WorkerDied", "ready",
+    "receive_message_on_port", "WorkerPool", "WorkerDied", "progress", "ready",
 ]

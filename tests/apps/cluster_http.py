@@ -14,7 +14,7 @@ from pyclusterc import cluster
 
 
 def say(**fields):
-    print(json.dumps(fields), flush=True)
+    print(json.dumps(fields) + "\n", end="", flush=True)  # one write (PYTHONUNBUFFERED)
 
 
 def serve_worker():

@@ -23,8 +23,9 @@ SCRIPT = textwrap.dedent("""
     import json, os, sys
     from pyclusterc import cluster
 
-    def say(**event):
-        print(json.dumps(event), flush=True)
+    def say(**event):  # one write: under PYTHONUNBUFFERED, print() writes the newline apart
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
 
     case = os.environ["CASE"]
     if cluster.is_primary:

@@ -41,7 +41,7 @@ def _reduce_typed_array(ta):
 def buffer_from_fd(fd, name=None):
     """A SharedBuffer mapping the memory behind a received fd. It takes the fd on every
     path: on failure (not a pyclusterc region) the fd is closed."""
-    return SharedBuffer._from_fd(fd, name)   # the one place: shared has no public seam yet
+    return SharedBuffer.from_fd(fd, name)
 
 
 def socket_from_fd(fd):

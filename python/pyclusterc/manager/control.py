@@ -97,6 +97,7 @@ def request(name, command, timeout=60.0, **fields):
 
 # ---- server (in the primary) -------------------------------------------------------------
 
+_SUN_PATH_MAX = 107      # bytes of a Unix socket path (sun_path less its NUL)
 MAX_CLIENTS = 32          # open control connections; more are answered "busy" and closed
 CLIENT_IDLE_SECONDS = 10  # a client must send its request line within this
 _ACCEPT_PAUSE = 0.5       # out of fds: accept again after this, instead of spinning
@@ -125,13 +126,17 @@ class ControlServer:
         if owner is not None:
             raise ControlError(f"a cluster named {self.name!r} is already running (pid {owner}); "
                                "choose another --name")
+        if len(os.fsencode(self.path)) > _SUN_PATH_MAX:
+            raise ControlError(f"cannot create the control socket {self.path}: the path has "
+                               f"{len(os.fsencode(self.path))} bytes, a Unix socket at most {_SUN_PATH_MAX}; "
+                               "use a shorter --name or XDG_RUNTIME_DIR")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         old_umask = os.umask(0o177)  # the socket file is born 0600
         try:
             sock.bind(self.path)
         except OSError as e:
             sock.close()
-            raise ControlError(f"cannot create the control socket {self.path}: {e.strerror}") from None
+            raise ControlError(f"cannot create the control socket {self.path}: {e.strerror or e}") from None
         finally:
             os.umask(old_umask)
         sock.listen(16)

@@ -73,7 +73,7 @@ class SharedBuffer(mmap.mmap):
             raise FileNotFoundError(errno.ENOENT, f"no SharedBuffer named {name!r}")
         if fd < 0:
             raise os_error(fd, f"cannot open SharedBuffer {name!r}")
-        return cls._from_fd(fd, name)
+        return cls.from_fd(fd, name)
 
     @classmethod
     def from_fd(cls, fd, name=None):
@@ -88,8 +88,6 @@ class SharedBuffer(mmap.mmap):
                 raise ValueError(f"{name or 'fd'!r} is not a pyclusterc SharedBuffer")
             raise os_error(rc, f"cannot read SharedBuffer {name!r}")
         return cls._attach(fd, size[0], name)
-
-    _from_fd = from_fd  # the name ipc/, cluster/ and workers/ still call; from_fd is the seam
 
     @classmethod
     def _attach(cls, fd, size, name):
