@@ -127,7 +127,7 @@ SHARED_SCRIPT = textwrap.dedent("""
         worker = cluster.fork()
         worker.on("online", lambda: worker.send({"counter": counter}))
         def done(msg):
-            print(json.dumps({"event": "value", "value": counter.load(0), "msg": msg}) + "\n", end="", flush=True)  # one write (PYTHONUNBUFFERED)
+            print(json.dumps({"event": "value", "value": counter.load(0), "msg": msg}) + "\\n", end="", flush=True)  # one write (PYTHONUNBUFFERED)
             worker.disconnect()
         worker.on("message", done)
         cluster.run()
@@ -156,7 +156,7 @@ BAD_INPUT_SCRIPT = textwrap.dedent("""
     import json, threading
     from pyclusterc import cluster
     def say(**kw):
-        print(json.dumps(kw) + "\n", end="", flush=True)  # one write (PYTHONUNBUFFERED)
+        print(json.dumps(kw) + "\\n", end="", flush=True)  # one write (PYTHONUNBUFFERED)
     if cluster.is_primary:
         worker = cluster.fork()
         def check(msg):
@@ -224,7 +224,7 @@ TWO_LISTENERS_SCRIPT = textwrap.dedent("""
         def on_listening(worker, address):
             listening.append(address)
             if len(listening) == 2:
-                print(json.dumps({"event": "ready"}) + "\n", end="", flush=True)  # one write (PYTHONUNBUFFERED)
+                print(json.dumps({"event": "ready"}) + "\\n", end="", flush=True)  # one write (PYTHONUNBUFFERED)
         cluster.on("listening", on_listening)
         cluster.run()
     else:
@@ -300,14 +300,14 @@ GUARDED_SCRIPT = textwrap.dedent("""
         state = {"exits": 0}
         def on_exit(worker, code, sig):
             state["exits"] += 1
-            print(json.dumps({"event": "exit", "n": state["exits"]}) + "\n", end="", flush=True)  # one write (PYTHONUNBUFFERED)
+            print(json.dumps({"event": "exit", "n": state["exits"]}) + "\\n", end="", flush=True)  # one write (PYTHONUNBUFFERED)
             if state["exits"] == 1:
                 cluster.fork()
                 raise ValueError("an exit handler that raises")
         cluster.on("exit", on_exit)
         cluster.fork()
         cluster.run()
-        print(json.dumps({"event": "done"}) + "\n", end="", flush=True)  # one write (PYTHONUNBUFFERED)
+        print(json.dumps({"event": "done"}) + "\\n", end="", flush=True)  # one write (PYTHONUNBUFFERED)
     else:
         sys.exit(0)
 """)
