@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent("""
     from pyclusterc import cluster
 
     def say(**event):  # one write: under PYTHONUNBUFFERED, print() writes the newline apart
-        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.write(json.dumps(event) + "\\n")
         sys.stdout.flush()
 
     case = os.environ["CASE"]
