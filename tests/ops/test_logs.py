@@ -178,3 +178,25 @@ def test_bad_input_is_one_line(tmp_path):
     with pytest.raises(OptionError, match="'xml'.*use one of text, json"):
         options["log_format"].convert("xml")
     assert options["log_time"].negatable and options["log_time"].default is True
+
+
+@pytest.mark.parametrize("settings", [{}, {"log_time": False}, {"log_format": "json"}, {"log_max_size": "1M"}],
+                         ids=["text", "no-time", "json", "rotating"])
+def test_a_batch_of_worker_lines_reads_as_the_same_lines_one_by_one(tmp_path, sinks, settings):
+    """worker_lines (the relay's batched path, direct for plain text) writes exactly what
+    worker_line writes for each line."""
+    settings = {**settings, "log_file": str(tmp_path / "batch.log")}
+    one = {**settings, "log_file": str(tmp_path / "one.log")}
+    lines = [b"GET / 200", b"caf\xc3\xa9 \xff", b"trailing\r"]
+    batch = sinks(settings=settings)
+    batch.worker_lines(2, "stdout", lines)
+    batch.close()
+    single = sinks(settings=one)
+    for line in lines:
+        single.worker_line(2, "stdout", line)
+    single.close()
+
+    def normal(text):  # times differ between the two
+        return re.sub(STAMP, "T", text)
+    assert [normal(x) for x in read(tmp_path / "batch.log")] == [normal(x) for x in read(tmp_path / "one.log")]
+    assert len(read(tmp_path / "batch.log")) == 3

@@ -152,6 +152,8 @@ class LogSink:
         self._installed = []  # (logger, handler) pairs to remove on close
         self.files = [p for p in (log_file, error_log_file) if p]
         self.loggers = {name: logging.getLogger(name) for name in _LOGGERS}
+        self._direct = {}     # stream -> handler a worker's plain text lines are written to
+        self._stamp = (0, "")
         if log_config:
             load_log_config(log_config)
             for logger in self.loggers.values():
@@ -163,6 +165,11 @@ class LogSink:
                else out if log_file else self._handler(None, stderr, 2, None, 0))
         for handler in {out, err}:
             handler.setFormatter(formatter)
+        if log_format == "text" and not log_max_size:
+            # Workers' lines (access logs: one per request) skip logging's per-record
+            # machinery: one timestamp and one write per batch the relay read.
+            self._direct = {"stdout": out, "stderr": err}
+        self._with_time = log_time
         for name, handler in zip(_LOGGERS, (out, err, _Route(out, err))):
             logger = self.loggers[name]
             logger.propagate = False
@@ -209,6 +216,37 @@ class LogSink:
         return logging.StreamHandler(stream)
 
     # -- the caller's API --------------------------------------------------------------
+    def worker_lines(self, worker_id, stream, lines):
+        """Several complete lines (bytes) of one worker's stream, as the relay read them."""
+        stream = "stderr" if stream in ("stderr", 2) else "stdout"
+        handler = self._direct.get(stream)
+        if (handler is None or getattr(handler, "stream", None) is None
+                or not self.loggers["pyclusterc.worker." + stream].isEnabledFor(logging.INFO)):
+            for line in lines:
+                self.worker_line(worker_id, stream, line)
+            return
+        prefix = f"[{worker_id}] "
+        if self._with_time:
+            prefix = f"{self._now()} {prefix}"
+        text = "".join(prefix + bytes(line).decode("utf-8", "replace").rstrip("\r\n") + "\n" for line in lines)
+        handler.acquire()
+        try:
+            handler.stream.write(text)
+            handler.stream.flush()
+        except Exception:  # noqa: BLE001 - as logging does: a failed write must not end the relay
+            handler.handleError(logging.makeLogRecord({"msg": text}))
+        finally:
+            handler.release()
+
+    def _now(self):
+        """The stamp _TextFormatter writes, computed at most once a millisecond."""
+        import time
+        now = time.time()
+        millis = int(now * 1000)
+        if millis != self._stamp[0]:
+            self._stamp = (millis, _iso(now))
+        return self._stamp[1]
+
     def worker_line(self, worker_id, stream, line):
         if isinstance(line, (bytes, bytearray, memoryview)):
             line = bytes(line).decode("utf-8", "replace")

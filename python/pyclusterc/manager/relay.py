@@ -97,8 +97,7 @@ class OutputRelay:
 
     def _lines(self, label, stream, lines):
         if self.sink is not None:
-            for line in lines:
-                self.sink.worker_line(label, stream, line)
+            self.sink.worker_lines(label, stream, lines)
             return
         prefix = f"[{label}] ".encode()
         self._write(self.out if stream == "stdout" else self.err,
