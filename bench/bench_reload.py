@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A rolling reload under keep-alive load, beside the peers: `wrk -t2 -c32 -d8s` with a
-HUP (or the peer's reload) at t=3 s. Counted: wrk's socket errors (connect, read,
-write, timeout), non-2xx responses, max latency, and the time the reload took to finish
-(the primary's own line, or the peer's workers replaced).
+HUP (pyclusterc: `pyclusterc reload`, which answers when done) at t=3 s. Counted: wrk's
+socket errors (connect, read, write, timeout), non-2xx responses, max latency, and for
+pyclusterc the time the reload took to finish (the peers do not say when they are done).
 
     python bench/bench_reload.py               # 3 rounds, writes bench/results/reload.json
     python bench/bench_reload.py --rounds 1 --only "pyclusterc asgi,gunicorn gthread"
@@ -76,8 +76,10 @@ _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
 
 def _seconds(text):
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
-    return float(number) * _UNITS[unit]
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"unexpected wrk time {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 def parse_wrk(out):
@@ -90,6 +92,8 @@ def parse_wrk(out):
     if non:
         result["non_2xx"] = int(non.group(1))
     latency = re.search(r"Latency\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    if latency is None:
+        raise ValueError(f"no latency in wrk's output: {out[-300:]!r}")
     result["max_latency"] = _seconds(latency.group(3))
     p99 = re.search(r"99%\s+(\S+)", out)
     result["p99"] = _seconds(p99.group(1)) if p99 else None
@@ -97,9 +101,17 @@ def parse_wrk(out):
 
 
 def one_run(name, reload):
+    import tempfile
+    import threading
     port = free_port()
-    proc = subprocess.Popen(servers(port)[name], cwd=EXAMPLES, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, text=True, env={**os.environ, "PORT": str(port)})
+    runtime = tempfile.mkdtemp(prefix="pcb-")
+    argv = servers(port)[name]
+    ours = name.startswith("pyclusterc")
+    if ours:
+        argv = argv + ["--name", "bench"]
+    env = {**os.environ, "PORT": str(port), "XDG_RUNTIME_DIR": runtime}
+    proc = subprocess.Popen(argv, cwd=EXAMPLES, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env=env)
     result = {}
     try:
         wait_serving(port, proc)
@@ -108,7 +120,16 @@ def one_run(name, reload):
                                stdout=subprocess.PIPE, text=True)
         if reload:
             time.sleep(RELOAD_AT)
-            os.kill(proc.pid, signal.SIGHUP)
+            if ours:  # the control command answers when the reload is done: its time to finish
+                def reload_and_time():
+                    started = time.monotonic()
+                    done = subprocess.run([PY, "-m", "pyclusterc", "reload", "bench"], env=env,
+                                          capture_output=True, text=True, timeout=120)
+                    result["reload_finished_seconds"] = round(time.monotonic() - started, 3)
+                    result["reload_ok"] = done.returncode == 0
+                threading.Thread(target=reload_and_time, daemon=True).start()
+            else:
+                os.kill(proc.pid, signal.SIGHUP)
         out, _ = wrk.communicate(timeout=DURATION + 30)
         result.update(parse_wrk(out))
         return result
@@ -118,10 +139,7 @@ def one_run(name, reload):
             proc.wait(10)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(proc.pid, signal.SIGKILL)
-        output = proc.stdout.read() if proc.stdout else ""
-        match = re.search(r"reload: replaced \d+ worker\(s\) in ([\d.]+) s", output)
-        if match and reload:
-            result["reload_finished_seconds"] = float(match.group(1))
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 def main():
