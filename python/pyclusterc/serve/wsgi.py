@@ -20,7 +20,7 @@ is answered with ``Connection: close``.
 """
 import os
 import queue
-import selectors
+import select
 import socket
 import ssl
 import struct
@@ -41,6 +41,7 @@ _SEND_TIMEOUT = 30.0        # a client that does not read its response this long
 _SWEEP_SECONDS = 0.2        # how often deadlines are checked
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 1 << 20
+_WAKE = object()
 _READ = 65536
 
 
@@ -60,6 +61,8 @@ class _Connection:
 
     def __init__(self, sock, peer, limits, now, deadline, tls=False):
         self.sock = sock
+        self.fd = sock.fileno()
+        self.registered = False     # with the acceptor's epoll (one-shot)
         self.peer = peer if isinstance(peer, tuple) else ("", 0)
         self.reader = http1.RequestReader(self, limits)
         self.current = None
@@ -198,24 +201,29 @@ class WSGIServer:
     # -- the acceptor (main thread) ---------------------------------------------
     def serve(self):
         self.pool = _Pool(self)
-        self.sel = sel = selectors.DefaultSelector()
-        self.held = set()  # connections the acceptor reads
-        sel.register(self.wake_r, selectors.EVENT_READ, None)
+        # Connections are registered one-shot: an event disarms the fd until we re-arm it
+        # (one epoll_ctl per request; none while a pool thread has the connection).
+        self.ep = ep = select.epoll()
+        self.fds = fds = {}  # fd -> _Connection, listener, or _WAKE
+        self.held = set()    # connections the acceptor reads
+        ep.register(self.wake_r, select.EPOLLIN)
+        fds[self.wake_r] = _WAKE
         for listener in self.listeners:
-            sel.register(listener.fileno(), selectors.EVENT_READ, listener)
+            ep.register(listener.fileno(), select.EPOLLIN)
+            fds[listener.fileno()] = listener
         beat = _Progress(self)
         next_sweep = 0.0
         drained = False
         try:
             while True:
                 beat()
-                for key, _ in sel.select(timeout=_SWEEP_SECONDS):
-                    data = key.data
-                    if data is None:
+                for fd, _ in ep.poll(_SWEEP_SECONDS):
+                    data = fds.get(fd)
+                    if data is _WAKE:
                         self._drain_wake()
                     elif isinstance(data, _Connection):
                         self._readable(data)
-                    elif not self.stopping:
+                    elif data is not None and not self.stopping:
                         self._accept_all(data)
                 while True:
                     try:
@@ -243,7 +251,7 @@ class WSGIServer:
             self.pool.shutdown()
             for conn in list(self.held):
                 conn.close()
-            sel.close()
+            ep.close()
             os.close(self.wake_r)
             os.close(self.wake_w)
         return 0
@@ -277,10 +285,7 @@ class WSGIServer:
             return
         conn.for_acceptor()
         conn.deadline = deadline
-        fd = conn.sock.fileno()
-        if fd in self.sel.get_map():  # a closed listener's or connection's number, reused
-            self.sel.unregister(fd)
-        self.sel.register(fd, selectors.EVENT_READ, conn)
+        self._arm(conn)
         self.held.add(conn)
         if self.stopping and not conn.linger:
             self._drain(conn)
@@ -300,31 +305,45 @@ class WSGIServer:
             self._hold(conn, 0.0)
         conn.deadline = time.monotonic() + _LINGER_SECONDS
 
+    def _arm(self, conn, events=select.EPOLLIN):
+        """Wake for this connection's next event (once)."""
+        if conn.registered:
+            self.ep.modify(conn.fd, events | select.EPOLLONESHOT)
+        else:
+            self.ep.register(conn.fd, events | select.EPOLLONESHOT)
+            conn.registered = True
+            self.fds[conn.fd] = conn
+
     def _release(self, conn):
+        """A pool thread has it now (its fd stays registered, disarmed)."""
         self.held.discard(conn)
-        try:
-            self.sel.unregister(conn.sock.fileno())
-        except (KeyError, ValueError, OSError):
-            pass
 
     def _drop(self, conn):
-        self._release(conn)
+        self.held.discard(conn)
+        if conn.registered and not conn.closed:
+            # Before the close: a handed-back fd lives on elsewhere, and epoll would
+            # keep reporting it.
+            try:
+                self.ep.unregister(conn.fd)
+            except OSError:
+                pass
+            if self.fds.get(conn.fd) is conn:
+                del self.fds[conn.fd]
         conn.close()
 
     def _handshake(self, conn):
         try:
             conn.sock.do_handshake()
         except ssl.SSLWantReadError:
-            self.sel.modify(conn.sock.fileno(), selectors.EVENT_READ, conn)
+            self._arm(conn)
             return
         except ssl.SSLWantWriteError:
-            self.sel.modify(conn.sock.fileno(), selectors.EVENT_WRITE, conn)
+            self._arm(conn, select.EPOLLOUT)
             return
         except (ssl.SSLError, OSError):
             self._drop(conn)
             return
         conn.handshaking = False
-        self.sel.modify(conn.sock.fileno(), selectors.EVENT_READ, conn)
         self._readable(conn)  # the client may have sent its request with the handshake
 
     def _readable(self, conn):
@@ -337,11 +356,14 @@ class WSGIServer:
                 conn.lingered += len(data)
                 if not data or conn.lingered > _LINGER_BYTES:
                     self._drop(conn)
+                    return
+            self._arm(conn)
             return
         reader = conn.reader
         was_idle = reader.idle
         data = conn.read()
         if data is None:
+            self._arm(conn)
             return
         if not data:
             self._drop(conn)  # the client closed (a partial request is abandoned)
@@ -356,7 +378,7 @@ class WSGIServer:
                 return
             conn.send_now(error_response(e.status, self.date.header(), self.extra_headers))
             if conn.tls:
-                conn.close()
+                self._drop(conn)
             else:
                 self._linger(conn)
             return
@@ -367,11 +389,13 @@ class WSGIServer:
         if conn.complete:
             self._release(conn)
             self._start(conn)
-        elif not reader.idle:
+            return
+        if not reader.idle:
             if was_idle:
                 conn.deadline = now + self.header_timeout   # the whole head, from its first byte
             elif reader.head is not None and conn.current is not None:
                 conn.deadline = now + _BODY_IDLE_SECONDS    # a body: while it progresses
+        self._arm(conn)
 
     def _start(self, conn):
         with self.lock:
@@ -412,7 +436,9 @@ class WSGIServer:
     def _close_listeners(self):
         for listener in self.listeners:
             try:
-                self.sel.unregister(listener.fileno())
+                fd = listener.fileno()
+                self.ep.unregister(fd)
+                del self.fds[fd]
             except (KeyError, ValueError, OSError):
                 pass
             listener.close()
