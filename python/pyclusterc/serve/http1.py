@@ -79,7 +79,7 @@ _FORBIDDEN_TRAILERS = frozenset((b"content-length", b"transfer-encoding", b"host
 class _HeadParser:
     """httptools for one connection's heads: the parser is reused while each head it
     was fed ended its message (no body follows), made anew after one with a body."""
-    __slots__ = ("parser", "parser_now", "url", "headers", "complete", "keep_alive")
+    __slots__ = ("parser", "parser_now", "url", "headers", "keep_alive")
 
     def __init__(self):
         self.parser = None
@@ -94,9 +94,6 @@ class _HeadParser:
         # Read here: llhttp clears its flags once a message without a body completes.
         self.keep_alive = self.parser_now.should_keep_alive()
 
-    def on_message_complete(self):
-        self.complete = True
-
     def parse(self, raw, limits):
         parser = self.parser
         if parser is None:
@@ -106,7 +103,6 @@ class _HeadParser:
             parser.set_dangerous_leniencies(lenient_chunked_length=True)
         self.url = b""
         self.headers = []
-        self.complete = False
         self.keep_alive = False
         self.parser_now = parser
         self.parser = None  # until the head parsed cleanly and ended its message
@@ -129,8 +125,8 @@ class _HeadParser:
         _check(head, self.headers, limits, self.keep_alive)
         if upgrade and head.method != "CONNECT":
             head.upgrade = True
-        if self.complete and not upgrade:
-            self.parser = parser
+        if not (upgrade or head.chunked or head.content_length):
+            self.parser = parser  # no body: llhttp ended the message with the head
         return head
 
 
@@ -238,7 +234,11 @@ def _check(head, fields, limits, keep_alive):
         _check_transfer_coding(head, te, length)
     head.content_length = length
     head.keep_alive = keep_alive and not head.keep_alive_forced_off
-    _split_target(head)
+    target = head.target
+    if target[:1] == b"/" and b"?" not in target and b"#" not in target:
+        head.path, head.query = target, b""  # the common origin-form
+    else:
+        _split_target(head)
 
 
 _OWS = b" \t"
