@@ -22,7 +22,7 @@ import re
 
 import httptools
 
-__all__ = ["HTTPError", "Limits", "Head", "RequestReader", "parse_head", "has_obs_text"]
+__all__ = ["HTTPError", "Limits", "Head", "HeadParser", "RequestReader", "parse_head", "has_obs_text"]
 
 
 class HTTPError(Exception):
@@ -76,9 +76,11 @@ _METHOD = re.compile(rb"[!$%&'*+\-.^_`|~0-9A-Z]+\Z")
 _FORBIDDEN_TRAILERS = frozenset((b"content-length", b"transfer-encoding", b"host", b"trailer", b"te"))
 
 
-class _HeadParser:
-    """httptools for one connection's heads: the parser is reused while each head it
-    was fed ended its message (no body follows), made anew after one with a body."""
+class HeadParser:
+    """httptools for whole heads. It is fed one complete head at a time and parses it
+    at once, so one instance serves every connection of a thread (an event loop, the
+    WSGI acceptor); its llhttp parser is reused while each head ended its message (no
+    body follows) and made anew after one with a body."""
     __slots__ = ("parser", "parser_now", "url", "headers", "keep_alive")
 
     def __init__(self):
@@ -125,14 +127,16 @@ class _HeadParser:
         _check(head, self.headers, limits, self.keep_alive)
         if upgrade and head.method != "CONNECT":
             head.upgrade = True
-        if not (upgrade or head.chunked or head.content_length):
-            self.parser = parser  # no body: llhttp ended the message with the head
+        if self.keep_alive and not (upgrade or head.chunked or head.content_length):
+            # llhttp ended the message with the head (no body) and awaits the next one
+            # (after a closing message it refuses more input).
+            self.parser = parser
         return head
 
 
 def parse_head(raw, limits):
     """Head for ``raw`` (request line to blank line included). Raises HTTPError."""
-    return _HeadParser().parse(raw, limits)
+    return HeadParser().parse(raw, limits)
 
 
 def _parse_unknown_method(raw, limits):
@@ -302,7 +306,8 @@ class RequestReader:
     __slots__ = ("handler", "limits", "buffer", "state", "remaining", "body_bytes",
                  "scanned", "started", "head", "parser")
 
-    def __init__(self, handler, limits):
+    def __init__(self, handler, limits, parser=None):
+        """parser: the HeadParser of the thread this reader is fed on (made if None)."""
         self.handler = handler
         self.limits = limits
         self.buffer = bytearray()
@@ -312,7 +317,7 @@ class RequestReader:
         self.scanned = 0       # head: bytes of buffer already searched for the blank line
         self.started = False   # head: a byte of the next request has arrived
         self.head = None
-        self.parser = _HeadParser()
+        self.parser = parser or HeadParser()
 
     @property
     def idle(self):

@@ -31,7 +31,7 @@ import traceback
 
 from . import http1
 from .options import ssl_context, with_defaults
-from .responses import AccessLog, Date, error_response, server_headers
+from .responses import AccessLog, Date, error_response, server_headers, unread_bytes
 from .wsgi_app import Response, build_environ
 
 DEFAULT_THREADS = 8
@@ -59,12 +59,12 @@ class _Connection:
     Owned by one thread at a time: the acceptor while reading, a pool thread while a
     request runs (handed over through queues)."""
 
-    def __init__(self, sock, peer, limits, now, deadline, tls=False):
+    def __init__(self, sock, peer, limits, now, deadline, tls=False, head_parser=None):
         self.sock = sock
         self.fd = sock.fileno()
         self.registered = False     # with the acceptor's epoll (one-shot)
         self.peer = peer if isinstance(peer, tuple) else ("", 0)
-        self.reader = http1.RequestReader(self, limits)
+        self.reader = http1.RequestReader(self, limits, head_parser)
         self.current = None
         self.complete = []
         self.continue_due = False
@@ -137,14 +137,7 @@ class _Connection:
         and the client may lose the response): unparsed bytes, or more already here."""
         if self.tls:
             return False
-        if self.reader.buffer or self.error is not None:
-            return True
-        try:
-            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return False
+        return bool(self.reader.buffer) or self.error is not None or unread_bytes(self.fd) > 0
 
     def close(self):
         if not self.closed:
@@ -160,6 +153,7 @@ class WSGIServer:
         self.app = app
         self.listeners = list(listeners)
         self.limits = http1.Limits.from_settings(settings)
+        self.head_parser = http1.HeadParser()  # the acceptor parses every head
         self.keep_alive = settings.keep_alive
         self.header_timeout = settings.header_timeout or 86400.0
         self.limit_concurrency = settings.limit_concurrency
@@ -243,9 +237,9 @@ class WSGIServer:
                 if now >= next_sweep:
                     next_sweep = now + _SWEEP_SECONDS
                     self._sweep(now)
-                if self.stopping and not self.held:
+                if self.stopping and not self.held and self.returned.empty():
                     with self.lock:
-                        if self.inflight == 0:
+                        if self.inflight == 0 and self.returned.empty():
                             break
         finally:
             self.pool.shutdown()
@@ -274,7 +268,7 @@ class WSGIServer:
                 sock.close()
                 continue
             conn = _Connection(sock, peer, self.limits, now, now + self.header_timeout,
-                               tls=self.ssl is not None)
+                               tls=self.ssl is not None, head_parser=self.head_parser)
             self._hold(conn, conn.deadline)
             if conn.handshaking:
                 self._handshake(conn)
@@ -469,9 +463,8 @@ class WSGIServer:
             traceback.print_exc()
             keep = False
         finally:
-            with self.lock:
-                self.inflight -= 1
-                self.finished += 1
+            # Back to the acceptor before the count drops: a draining acceptor leaves
+            # once nothing is in flight, and must find this connection to hand it back.
             if keep and not conn.reader.stopped:
                 self.returned.put(conn)
             elif conn.wants_linger():
@@ -480,6 +473,9 @@ class WSGIServer:
                 keep = True
             else:
                 conn.close()
+            with self.lock:
+                self.inflight -= 1
+                self.finished += 1
             if keep or self.stopping:
                 self._wake()
 
