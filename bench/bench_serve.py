@@ -5,6 +5,8 @@ latency under a mixed load, and worker memory.
     python bench/bench_serve.py            # writes bench/results/serve.json + serve.png
     python bench/bench_serve.py --quick    # 2 s runs, one round, prints only
     python bench/bench_serve.py --only mixed,memory --rounds 5
+    python bench/bench_serve.py --only hello --base 85037b6 --servers pyclusterc --rounds 5
+                                           # this tree beside the serving code of a commit
 
 Each of hello and mixed runs in rounds (default 3): every server once per round, in a new
 shuffled order. Figures are medians over the rounds; the targets are ratios ours/peer
@@ -68,6 +70,29 @@ def memory_servers(port):
     }
 
 
+BASE_PATH = None  # --base: a copy of the installed package with the base commit's serve/
+
+
+def make_base(rev):
+    """The installed pyclusterc with python/pyclusterc/serve/ as it was at ``rev`` (from
+    git, this checkout): the old serving code runs on the same C core, CLI and manager
+    (the serving seam is run(app, listeners, settings, hooks) on both sides)."""
+    import tempfile
+    import pyclusterc
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", rev], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    base = os.path.join(tempfile.gettempdir(), f"pyclusterc-bench-base-{commit}")
+    package = os.path.join(base, "pyclusterc")
+    if not os.path.isdir(package):
+        shutil.copytree(os.path.dirname(pyclusterc.__file__), package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.rmtree(os.path.join(package, "serve"))
+        archive = subprocess.run(["git", "-C", ROOT, "archive", commit, "python/pyclusterc/serve"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", package, "--strip-components=2"], input=archive, check=True)
+    return base, commit
+
+
 def servers(port):
     granian = shutil.which("granian", path=BIN)
     table = {
@@ -81,6 +106,9 @@ def servers(port):
         ("wsgi", "gunicorn gthread"): [PY, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "8",
                                        "-b", f"127.0.0.1:{port}", "hello_wsgi:app"],
     }
+    if BASE_PATH:
+        for kind in ("asgi", "wsgi"):
+            table[(kind, "pyclusterc base")] = table[(kind, "pyclusterc")]
     if granian:
         for kind in ("asgi", "wsgi"):
             table[(kind, "granian")] = [granian, "--interface", kind, "--workers", "2", "--host", "127.0.0.1",
@@ -126,10 +154,10 @@ def wrk(port, seconds, close):
 class Server:
     """A server under test in its own session; stopped with its whole group."""
 
-    def __init__(self, argv, port):
+    def __init__(self, argv, port, env=None):
         self.port = port
         self.proc = subprocess.Popen(argv, cwd=EXAMPLES, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+                                     start_new_session=True, env={**os.environ, **(env or {})})
 
     def __enter__(self):
         try:
@@ -153,7 +181,8 @@ class Server:
 
 def measure(kind, name, seconds):
     port = free_port()
-    with Server(servers(port)[(kind, name)], port):
+    env = {"PYTHONPATH": BASE_PATH} if name == "pyclusterc base" else None
+    with Server(servers(port)[(kind, name)], port, env):
         wrk(port, 1, False)  # warm up
         return {"keepalive": wrk(port, seconds, False), "close": wrk(port, seconds, True)}
 
@@ -230,6 +259,10 @@ def median(values):
 
 # (part, ours, peer, metric): the issue's targets, as per-round ratios ours/peer.
 RATIOS = [
+    ("asgi", "pyclusterc", "pyclusterc base", "keepalive"),
+    ("asgi", "pyclusterc", "pyclusterc base", "close"),
+    ("wsgi", "pyclusterc", "pyclusterc base", "keepalive"),
+    ("wsgi", "pyclusterc", "pyclusterc base", "close"),
     ("asgi", "pyclusterc", "uvicorn", "keepalive"),
     ("asgi", "pyclusterc", "uvicorn", "close"),
     ("wsgi", "pyclusterc", "gunicorn gthread", "keepalive"),
@@ -306,7 +339,14 @@ def main():
     parser.add_argument("--quick", action="store_true", help="2 s runs, one round, prints only")
     parser.add_argument("--rounds", type=int, default=3, help="runs of every server for hello and mixed (default 3)")
     parser.add_argument("--only", default="hello,mixed,memory", help="comma-separated: hello, mixed, memory")
+    parser.add_argument("--base", metavar="REV", help="hello also runs the serving code of this commit "
+                        "('pyclusterc base'), side by side with this tree's")
+    parser.add_argument("--servers", metavar="TEXT", help="hello: only servers whose name contains TEXT")
     args = parser.parse_args()
+    global BASE_PATH
+    if args.base:
+        BASE_PATH, commit = make_base(args.base)
+        print(f"pyclusterc base: serve/ at {commit} ({BASE_PATH})", file=sys.stderr)
     parts = set(args.only.split(","))
     if shutil.which("wrk") is None:
         sys.exit("bench_serve: wrk is not installed (apt-get install wrk)")
@@ -320,10 +360,11 @@ def main():
     results = record.get("results", {})
     rounds_by_part = {}
     if "hello" in parts:
-        table = servers(0)
+        table = {key: argv for key, argv in servers(0).items() if not args.servers or args.servers in key[1]}
         per_round = run_rounds(list(table), lambda key: measure(*key, seconds), rounds)
         for kind in ("asgi", "wsgi"):
-            results[kind] = {name: summarise(per_round, (k, name)) for k, name in table if k == kind}
+            results[kind] = {**(results.get(kind, {}) if args.servers else {}),
+                             **{name: summarise(per_round, (k, name)) for k, name in table if k == kind}}
             rounds_by_part[kind] = [{name: r[(k, name)] for k, name in table if k == kind} for r in per_round]
     if "mixed" in parts:
         per_round = run_rounds(list(mixed_servers(0)), lambda name: measure_mixed(name, seconds), rounds)
@@ -344,6 +385,7 @@ def main():
         record.update({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                    "platform": platform.platform()},
+                       "base": args.base and f"'pyclusterc base' is serve/ at {args.base}, on this tree's core",
                        "load": "wrk -t1 -c64, 2 workers each, hello world; mixed: 4 clients, new "
                                "connection per request, 10% block 20 ms; memory: Flask, 2 workers, USS; "
                                f"hello and mixed: {rounds} rounds, medians, ratios per round",

@@ -146,9 +146,10 @@ def main():
     args = parser.parse_args()
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "apps"))
     import importlib
-    module, _, attr = args.app.partition(":")
-    app = getattr(importlib.import_module(module), attr or "app")
     settings = settings_for(json.loads(args.settings), args.threads)
+    target, call = serve_options.factory_call(args.app)  # as the app loader does
+    module, _, attr = target.partition(":")
+    app = serve_options.resolve_factory(getattr(importlib.import_module(module), attr or "app"), settings, call)
     tcp = socket.socket(fileno=args.fd)
     inbox = None
     if args.inbox:

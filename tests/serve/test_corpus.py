@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serving import DirectServer, Responses, connect, get  # noqa: E402
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(60)
 
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gunicorn_requests")
 

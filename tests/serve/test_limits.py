@@ -2,7 +2,6 @@
 header line, a body over --limit-request-body, the whole-head deadline, the
 concurrency limit. Servers run in a child (tests/serve/direct.py), clients here."""
 import os
-import socket
 import sys
 import threading
 import time

@@ -200,3 +200,13 @@ def test_settings_that_need_each_other(tmp_path):
             options.check(types.SimpleNamespace(**{**base, **bad}))
         assert "\n" not in str(info.value)
     options.check(types.SimpleNamespace(**base))
+
+
+@pytest.mark.parametrize("interface", INTERFACES)
+def test_factory_apps_serve(interface):
+    """The factory helpers as the app loader uses them (tests/serve/direct.py):
+    --factory, and a call spelled in the target."""
+    with DirectServer(interface, app=f"factory_app:create_{interface}", settings={"factory": True}) as server:
+        assert get(server.port)[2] == b"hello"
+    with DirectServer(interface, app=f"factory_app:create_{interface}('hi there')") as server:
+        assert get(server.port)[2] == b"hi there"

@@ -175,6 +175,7 @@ async def _serve(config, listeners, settings, loops, index):
         accept = [_accept_loop(listener, create_protocol, batch) for listener in listeners]
     tasks = [loop.create_task(coro) for coro in accept]
     tasks.append(loop.create_task(_beat(loops, index)))
+    tasks.append(loop.create_task(_sweep_heads(serving)))
     try:
         await server.main_loop()
     finally:
@@ -194,6 +195,14 @@ async def _beat(loops, index):
     while True:
         loops.beat(index)
         await asyncio.sleep(_BEAT_SECONDS)
+
+
+async def _sweep_heads(serving):
+    """--header-timeout for this loop's connections (see asgi_http.Serving)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(0.25)
+        serving.sweep_heads(loop.time())
 
 
 async def _accept_loop(listener, create_protocol, batch):

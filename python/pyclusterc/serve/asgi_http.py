@@ -18,17 +18,14 @@ that both servers read requests the same way:
   (``hand_back``), or waits a short grace for a request in flight.
 """
 import asyncio
-import fcntl
 import logging
-import struct
-import termios
 import urllib.parse
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from . import http1
-from .responses import AccessLog, error_response
+from .responses import AccessLog, error_response, unread_bytes
 
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 1 << 20
@@ -40,6 +37,7 @@ class Serving:
 
     def __init__(self, settings, hand_back, date):
         self.limits = http1.Limits.from_settings(settings)
+        self.head_parser = http1.HeadParser()  # one per loop: heads parse whole, at once
         self.header_timeout = settings.header_timeout or None
         self.drain_grace = min(settings.keep_alive, max(0.1, (settings.kill_timeout or 1.0) / 2))
         self.hand_back = hand_back
@@ -48,8 +46,17 @@ class Serving:
         self.in_progress = lambda: 0  # requests running in the whole worker
         self.extra_headers = b""
         self.draining = False
+        # Connections whose head has a deadline: one sweep per loop checks them, rather
+        # than a timer made and cancelled for every connection.
+        self.waiting_heads = set()
         self._defaults_of = None
         self._defaults = None
+
+    def sweep_heads(self, now):
+        """Called about twice a second on the loop: heads past --header-timeout."""
+        late = [conn for conn in self.waiting_heads if conn.head_timer <= now]
+        for conn in late:
+            conn.head_timed_out()
 
     def defaults(self, server_headers):
         """uvicorn's default headers (date, ours), as a list that yields to the app's."""
@@ -96,8 +103,8 @@ class Protocol(HttpToolsProtocol):
     def __init__(self, config, server_state, app_state, serving, _loop=None):
         super().__init__(config, server_state, app_state, _loop)
         self.serving = serving
-        self.reader = http1.RequestReader(self, serving.limits)
-        self.head_timer = None
+        self.reader = http1.RequestReader(self, serving.limits, serving.head_parser)
+        self.head_timer = None     # the loop time the head must be complete by
         self.lingering = False
         self.lingered = 0
         self.tls = False
@@ -138,17 +145,17 @@ class Protocol(HttpToolsProtocol):
             self._arm_head_timer()
 
     def _arm_head_timer(self):
-        timeout = self.serving.header_timeout
-        if timeout and self.head_timer is None:
-            self.head_timer = self.loop.call_later(timeout, self._head_timed_out)
+        if self.head_timer is None and self.serving.header_timeout:
+            self.head_timer = self.loop.time() + self.serving.header_timeout
+            self.serving.waiting_heads.add(self)
 
     def _cancel_head_timer(self):
         if self.head_timer is not None:
-            self.head_timer.cancel()
             self.head_timer = None
+            self.serving.waiting_heads.discard(self)
 
-    def _head_timed_out(self):
-        self.head_timer = None
+    def head_timed_out(self):
+        self._cancel_head_timer()
         if self.transport.is_closing() or not self.reader.head_pending:
             return
         if self.reader.idle:
@@ -185,12 +192,7 @@ class Protocol(HttpToolsProtocol):
 
     def _bytes_waiting(self):
         sock = self.transport.get_extra_info("socket")
-        if sock is None or self.tls:
-            return False
-        try:
-            return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0] > 0
-        except OSError:
-            return False
+        return sock is not None and not self.tls and unread_bytes(sock.fileno()) > 0
 
     # -- the reader's callbacks ----------------------------------------------------
     def on_head(self, head):

@@ -22,7 +22,7 @@ import re
 
 import httptools
 
-__all__ = ["HTTPError", "Limits", "Head", "RequestReader", "parse_head", "has_obs_text"]
+__all__ = ["HTTPError", "Limits", "Head", "HeadParser", "RequestReader", "parse_head", "has_obs_text"]
 
 
 class HTTPError(Exception):
@@ -53,20 +53,20 @@ class Limits:
 
 
 class Head:
-    """A parsed request head. headers: (name as sent, value trimmed) without the dropped
-    underscore names; path/query: the target split, fragment dropped, absolute-form
-    reduced to its path."""
-    __slots__ = ("method", "target", "path", "query", "version", "headers", "keep_alive",
-                 "upgrade", "expect_continue", "content_length", "chunked", "keep_alive_forced_off")
+    """A parsed request head: method, target, version ("1.1"), keep_alive; headers:
+    (name as sent, value trimmed) without the dropped underscore names; path/query:
+    the target split, fragment dropped, absolute-form reduced to its path."""
+    # Defaults as class attributes: no __init__ on the per-request path.
+    upgrade = None
+    expect_continue = False
+    content_length = None
+    chunked = False
+    # A coded body (gzip) the app must decode: the next request's framing would rest
+    # on it being right (gunicorn closes after it too).
+    keep_alive_forced_off = False
 
-    def __init__(self):
-        # A coded body (gzip) the app must decode: the next request's framing would
-        # rest on it being right (gunicorn closes after it too).
-        self.keep_alive_forced_off = False
-        self.upgrade = None
-        self.expect_continue = False
-        self.content_length = None
-        self.chunked = False
+
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -74,18 +74,17 @@ _METHOD = re.compile(rb"[!$%&'*+\-.^_`|~0-9A-Z]+\Z")
 # Fields that frame or route a message (RFC 9110 §6.5.1): a sender may not put them in
 # trailers, and a proxy that merged them would act on them.
 _FORBIDDEN_TRAILERS = frozenset((b"content-length", b"transfer-encoding", b"host", b"trailer", b"te"))
-# Fields a request may carry once only (RFC 9110 §5.3: not list-valued); a second one is
-# ambiguous between parsers (Host: request routing, Content-Type: body interpretation).
-_SINGLE = (b"host", b"content-type", b"content-length")
 
 
-class _Collect:
-    """httptools callbacks for one head."""
-    __slots__ = ("url", "headers")
+class HeadParser:
+    """httptools for whole heads. It is fed one complete head at a time and parses it
+    at once, so one instance serves every connection of a thread (an event loop, the
+    WSGI acceptor); its llhttp parser is reused while each head ended its message (no
+    body follows) and made anew after one with a body."""
+    __slots__ = ("parser", "parser_now", "url", "headers", "keep_alive")
 
     def __init__(self):
-        self.url = b""
-        self.headers = []
+        self.parser = None
 
     def on_url(self, url):
         self.url += url
@@ -93,33 +92,51 @@ class _Collect:
     def on_header(self, name, value):
         self.headers.append((name, value))
 
+    def on_headers_complete(self):
+        # Read here: llhttp clears its flags once a message without a body completes.
+        self.keep_alive = self.parser_now.should_keep_alive()
+
+    def parse(self, raw, limits):
+        parser = self.parser
+        if parser is None:
+            parser = httptools.HttpRequestParser(self)
+            # Transfer-Encoding beside Content-Length is refused by _check, once the TE
+            # tokens are read as RFC 9112 says (llhttp refuses even "identity" with a length).
+            parser.set_dangerous_leniencies(lenient_chunked_length=True)
+        self.url = b""
+        self.headers = []
+        self.keep_alive = False
+        self.parser_now = parser
+        self.parser = None  # until the head parsed cleanly and ended its message
+        upgrade = False
+        try:
+            parser.feed_data(raw)
+        except httptools.HttpParserUpgrade:
+            upgrade = True
+        except httptools.HttpParserInvalidMethodError:
+            return _parse_unknown_method(raw, limits)
+        except httptools.HttpParserInvalidURLError:
+            return _parse_obs_text_target(raw, limits)
+        except httptools.HttpParserError:
+            raise HTTPError(400, "malformed request head") from None
+        head = Head()
+        method = parser.get_method()
+        head.method = _METHODS.get(method) or method.decode("ascii")
+        head.version = parser.get_http_version()
+        head.target = self.url
+        _check(head, self.headers, limits, self.keep_alive)
+        if upgrade and head.method != "CONNECT":
+            head.upgrade = True
+        if self.keep_alive and not (upgrade or head.chunked or head.content_length):
+            # llhttp ended the message with the head (no body) and awaits the next one
+            # (after a closing message it refuses more input).
+            self.parser = parser
+        return head
+
 
 def parse_head(raw, limits):
     """Head for ``raw`` (request line to blank line included). Raises HTTPError."""
-    collect = _Collect()
-    parser = httptools.HttpRequestParser(collect)
-    # Transfer-Encoding beside Content-Length is refused by _check, after the TE tokens
-    # are read as RFC 9112 says (llhttp refuses even "identity" with a length).
-    parser.set_dangerous_leniencies(lenient_chunked_length=True)
-    upgrade = False
-    try:
-        parser.feed_data(raw)
-    except httptools.HttpParserUpgrade:
-        upgrade = True
-    except httptools.HttpParserInvalidMethodError:
-        return _parse_unknown_method(raw, limits)
-    except httptools.HttpParserInvalidURLError:
-        return _parse_obs_text_target(raw, limits)
-    except httptools.HttpParserError:
-        raise HTTPError(400, "malformed request head") from None
-    head = Head()
-    head.method = parser.get_method().decode("ascii")
-    head.version = parser.get_http_version()
-    head.target = collect.url
-    _check(head, collect.headers, limits)
-    if upgrade and head.method != "CONNECT":
-        head.upgrade = True
-    return head
+    return HeadParser().parse(raw, limits)
 
 
 def _parse_unknown_method(raw, limits):
@@ -169,68 +186,86 @@ def _check_lines(raw, limits):
         raise HTTPError(431, "header field too large")
 
 
-def _check(head, fields, limits):
-    """RFC 9112 checks llhttp leaves out, the limits, trimming and underscore names."""
-    if head.version not in ("1.1", "1.0"):
+_VERSIONS = ("1.1", "1.0")
+# Fields read here (all others pass through); a name of another length is none of them.
+_CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT, _SINGLE = 1, 2, 3, 4
+_SPECIAL = {b"content-length": _CONTENT_LENGTH, b"transfer-encoding": _TRANSFER_ENCODING,
+            b"expect": _EXPECT, b"host": _SINGLE, b"content-type": _SINGLE}
+_SPECIAL_LENGTHS = frozenset(map(len, _SPECIAL))
+
+
+def _check(head, fields, limits, keep_alive):
+    """RFC 9112 checks llhttp leaves out, the limits, trimming and underscore names.
+    keep_alive: llhttp's reading of the version and Connection tokens."""
+    if head.version not in _VERSIONS:
         raise HTTPError(400, "unsupported HTTP version")
-    if not _TOKEN.match(head.method.encode("latin-1")):
-        raise HTTPError(400, "invalid method")
     if len(fields) > limits.fields:
         raise HTTPError(431, "too many header fields")
     headers = []
-    seen = set()
-    connection = b""
-    te = []
+    seen = ()
+    te = None
     length = None
     for name, value in fields:
-        value = value.strip(b" \t")
-        lower = name.lower()
+        if value and (value[-1] in _OWS or value[0] in _OWS):
+            value = value.strip(b" \t")
         if b"_" in name:
-            if limits.header_map == "refuse":
-                raise HTTPError(400, "underscore in a header name")
             if limits.header_map == "drop":
                 # X_Auth_User would become HTTP_X_AUTH_USER, the same key as X-Auth-User:
                 # a header a proxy in front did not strip could spoof it (gunicorn drops too).
                 continue
-        if lower in _SINGLE:
-            if lower in seen:
-                raise HTTPError(400, "repeated " + lower.decode())
-            seen.add(lower)
-        if lower == b"content-length":
-            if not value.isdigit():
-                raise HTTPError(400, "invalid content-length")
-            length = int(value)
-        elif lower == b"transfer-encoding":
-            te += [token.strip().lower() for token in value.split(b",")]
-        elif lower == b"connection":
-            connection += b"," + value.lower()
-        elif lower == b"expect" and value.lower() == b"100-continue":
-            head.expect_continue = True
+            if limits.header_map == "refuse":
+                raise HTTPError(400, "underscore in a header name")
+        elif len(name) in _SPECIAL_LENGTHS:
+            lower = name.lower()
+            kind = _SPECIAL.get(lower)
+            if kind == _CONTENT_LENGTH:
+                if length is not None or not value.isdigit():
+                    raise HTTPError(400, "invalid or repeated content-length")
+                length = int(value)
+            elif kind == _TRANSFER_ENCODING:
+                te = (te or []) + [token.strip().lower() for token in value.split(b",")]
+            elif kind == _EXPECT:
+                head.expect_continue = value.lower() == b"100-continue"
+            elif kind == _SINGLE:
+                # Not list-valued (RFC 9110 §5.3): a second one is read differently by
+                # different parsers (Host: routing, Content-Type: the body's meaning).
+                if lower in seen:
+                    raise HTTPError(400, "repeated " + lower.decode())
+                seen += (lower,)
         headers.append((name, value))
     head.headers = headers
-    if te:
-        if head.version == "1.0":
-            raise HTTPError(400, "transfer-encoding in HTTP/1.0")
-        chunked = False
-        for coding in te:
-            if chunked:  # RFC 9112 §6.3: chunked must be final, and once (stacked chunking)
-                raise HTTPError(400, "chunked must be the final transfer coding, once")
-            if coding == b"chunked":
-                chunked = True
-            elif coding in (b"gzip", b"deflate", b"compress", b"x-gzip"):
-                head.keep_alive_forced_off = True
-            elif coding != b"identity":
-                raise HTTPError(501, "unknown transfer coding")
-        if not chunked and te != [b"identity"] * len(te):
-            raise HTTPError(400, "a transfer coding without chunked last")
-        if chunked and length is not None:
-            raise HTTPError(400, "both content-length and transfer-encoding")
-        head.chunked = chunked
+    if te is not None:
+        _check_transfer_coding(head, te, length)
     head.content_length = length
-    tokens = [token.strip() for token in connection.split(b",")]
-    head.keep_alive = (b"close" not in tokens if head.version == "1.1"
-                       else b"keep-alive" in tokens) and not head.keep_alive_forced_off
-    _split_target(head)
+    head.keep_alive = keep_alive and not head.keep_alive_forced_off
+    target = head.target
+    if target[:1] == b"/" and b"?" not in target and b"#" not in target:
+        head.path, head.query = target, b""  # the common origin-form
+    else:
+        _split_target(head)
+
+
+_OWS = b" \t"
+
+
+def _check_transfer_coding(head, te, length):
+    if head.version == "1.0":
+        raise HTTPError(400, "transfer-encoding in HTTP/1.0")
+    chunked = False
+    for coding in te:
+        if chunked:  # RFC 9112 §6.3: chunked must be final, and once (stacked chunking)
+            raise HTTPError(400, "chunked must be the final transfer coding, once")
+        if coding == b"chunked":
+            chunked = True
+        elif coding in (b"gzip", b"deflate", b"compress", b"x-gzip"):
+            head.keep_alive_forced_off = True
+        elif coding != b"identity":
+            raise HTTPError(501, "unknown transfer coding")
+    if not chunked and te != [b"identity"] * len(te):
+        raise HTTPError(400, "a transfer coding without chunked last")
+    if chunked and length is not None:
+        raise HTTPError(400, "both content-length and transfer-encoding")
+    head.chunked = chunked
 
 
 def _split_target(head):
@@ -269,9 +304,10 @@ class RequestReader:
     are not parsed (a close-marked request is answered, the next one is not)."""
 
     __slots__ = ("handler", "limits", "buffer", "state", "remaining", "body_bytes",
-                 "scanned", "started", "head")
+                 "scanned", "started", "head", "parser")
 
-    def __init__(self, handler, limits):
+    def __init__(self, handler, limits, parser=None):
+        """parser: the HeadParser of the thread this reader is fed on (made if None)."""
         self.handler = handler
         self.limits = limits
         self.buffer = bytearray()
@@ -281,6 +317,7 @@ class RequestReader:
         self.scanned = 0       # head: bytes of buffer already searched for the blank line
         self.started = False   # head: a byte of the next request has arrived
         self.head = None
+        self.parser = parser or HeadParser()
 
     @property
     def idle(self):
@@ -297,6 +334,11 @@ class RequestReader:
         return self.state == _DONE
 
     def feed(self, data):
+        if self.state == _HEAD and not self.buffer and data[-4:] == b"\r\n\r\n" \
+                and len(data) <= self.limits.short_head and data.find(b"\r\n\r\n") == len(data) - 4 \
+                and data[:2] != b"\r\n":
+            self._take_head(data)  # one whole head and nothing else: most requests
+            return
         if self.state == _DONE:
             return
         buffer = self.buffer
@@ -352,14 +394,12 @@ class RequestReader:
         del buffer[:end + 4]
         self.scanned = 0
         self.started = False
-        crlf = raw.count(b"\r\n")
-        if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
-            raise HTTPError(400, "bare CR or LF in the head")
-        if b"\r\n " in raw or b"\r\n\t" in raw:
-            raise HTTPError(400, "obsolete line folding")
         if len(raw) > self.limits.short_head:
             _check_lines(raw, self.limits)
-        head = parse_head(raw, self.limits)
+        return self._take_head(raw)
+
+    def _take_head(self, raw):
+        head = self.parser.parse(raw, self.limits)
         self.head = head
         if head.content_length is not None and head.content_length > self.limits.body:
             raise HTTPError(413, "request body too large")

@@ -1,6 +1,9 @@
 """What both servers add to responses: the Date line, the server header and
 ``--header`` entries, error responses, and the access log line."""
+import fcntl
 import os
+import struct
+import termios
 import time
 from email.utils import formatdate
 
@@ -88,3 +91,12 @@ class AccessLog:
         print(self.line(environ["REMOTE_ADDR"], environ["REQUEST_METHOD"],
                         environ["SCRIPT_NAME"] + environ["PATH_INFO"], environ["QUERY_STRING"],
                         environ["SERVER_PROTOCOL"], status, sent, seconds, headers), flush=True)
+
+
+def unread_bytes(fd):
+    """Bytes the kernel holds unread for this socket (FIONREAD): closing with any makes
+    it send RST instead of FIN, and the client may lose the response it was sent."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0

@@ -20,7 +20,7 @@ is answered with ``Connection: close``.
 """
 import os
 import queue
-import selectors
+import select
 import socket
 import ssl
 import struct
@@ -31,7 +31,7 @@ import traceback
 
 from . import http1
 from .options import ssl_context, with_defaults
-from .responses import AccessLog, Date, error_response, server_headers
+from .responses import AccessLog, Date, error_response, server_headers, unread_bytes
 from .wsgi_app import Response, build_environ
 
 DEFAULT_THREADS = 8
@@ -41,6 +41,7 @@ _SEND_TIMEOUT = 30.0        # a client that does not read its response this long
 _SWEEP_SECONDS = 0.2        # how often deadlines are checked
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 1 << 20
+_WAKE = object()
 _READ = 65536
 
 
@@ -58,10 +59,12 @@ class _Connection:
     Owned by one thread at a time: the acceptor while reading, a pool thread while a
     request runs (handed over through queues)."""
 
-    def __init__(self, sock, peer, limits, now, deadline, tls=False):
+    def __init__(self, sock, peer, limits, now, deadline, tls=False, head_parser=None):
         self.sock = sock
+        self.fd = sock.fileno()
+        self.registered = False     # with the acceptor's epoll (one-shot)
         self.peer = peer if isinstance(peer, tuple) else ("", 0)
-        self.reader = http1.RequestReader(self, limits)
+        self.reader = http1.RequestReader(self, limits, head_parser)
         self.current = None
         self.complete = []
         self.continue_due = False
@@ -134,14 +137,7 @@ class _Connection:
         and the client may lose the response): unparsed bytes, or more already here."""
         if self.tls:
             return False
-        if self.reader.buffer or self.error is not None:
-            return True
-        try:
-            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return False
+        return bool(self.reader.buffer) or self.error is not None or unread_bytes(self.fd) > 0
 
     def close(self):
         if not self.closed:
@@ -157,6 +153,7 @@ class WSGIServer:
         self.app = app
         self.listeners = list(listeners)
         self.limits = http1.Limits.from_settings(settings)
+        self.head_parser = http1.HeadParser()  # the acceptor parses every head
         self.keep_alive = settings.keep_alive
         self.header_timeout = settings.header_timeout or 86400.0
         self.limit_concurrency = settings.limit_concurrency
@@ -198,24 +195,29 @@ class WSGIServer:
     # -- the acceptor (main thread) ---------------------------------------------
     def serve(self):
         self.pool = _Pool(self)
-        self.sel = sel = selectors.DefaultSelector()
-        self.held = set()  # connections the acceptor reads
-        sel.register(self.wake_r, selectors.EVENT_READ, None)
+        # Connections are registered one-shot: an event disarms the fd until we re-arm it
+        # (one epoll_ctl per request; none while a pool thread has the connection).
+        self.ep = ep = select.epoll()
+        self.fds = fds = {}  # fd -> _Connection, listener, or _WAKE
+        self.held = set()    # connections the acceptor reads
+        ep.register(self.wake_r, select.EPOLLIN)
+        fds[self.wake_r] = _WAKE
         for listener in self.listeners:
-            sel.register(listener.fileno(), selectors.EVENT_READ, listener)
+            ep.register(listener.fileno(), select.EPOLLIN)
+            fds[listener.fileno()] = listener
         beat = _Progress(self)
         next_sweep = 0.0
         drained = False
         try:
             while True:
                 beat()
-                for key, _ in sel.select(timeout=_SWEEP_SECONDS):
-                    data = key.data
-                    if data is None:
+                for fd, _ in ep.poll(_SWEEP_SECONDS):
+                    data = fds.get(fd)
+                    if data is _WAKE:
                         self._drain_wake()
                     elif isinstance(data, _Connection):
                         self._readable(data)
-                    elif not self.stopping:
+                    elif data is not None and not self.stopping:
                         self._accept_all(data)
                 while True:
                     try:
@@ -235,15 +237,15 @@ class WSGIServer:
                 if now >= next_sweep:
                     next_sweep = now + _SWEEP_SECONDS
                     self._sweep(now)
-                if self.stopping and not self.held:
+                if self.stopping and not self.held and self.returned.empty():
                     with self.lock:
-                        if self.inflight == 0:
+                        if self.inflight == 0 and self.returned.empty():
                             break
         finally:
             self.pool.shutdown()
             for conn in list(self.held):
                 conn.close()
-            sel.close()
+            ep.close()
             os.close(self.wake_r)
             os.close(self.wake_w)
         return 0
@@ -266,7 +268,7 @@ class WSGIServer:
                 sock.close()
                 continue
             conn = _Connection(sock, peer, self.limits, now, now + self.header_timeout,
-                               tls=self.ssl is not None)
+                               tls=self.ssl is not None, head_parser=self.head_parser)
             self._hold(conn, conn.deadline)
             if conn.handshaking:
                 self._handshake(conn)
@@ -277,10 +279,7 @@ class WSGIServer:
             return
         conn.for_acceptor()
         conn.deadline = deadline
-        fd = conn.sock.fileno()
-        if fd in self.sel.get_map():  # a closed listener's or connection's number, reused
-            self.sel.unregister(fd)
-        self.sel.register(fd, selectors.EVENT_READ, conn)
+        self._arm(conn)
         self.held.add(conn)
         if self.stopping and not conn.linger:
             self._drain(conn)
@@ -300,31 +299,45 @@ class WSGIServer:
             self._hold(conn, 0.0)
         conn.deadline = time.monotonic() + _LINGER_SECONDS
 
+    def _arm(self, conn, events=select.EPOLLIN):
+        """Wake for this connection's next event (once)."""
+        if conn.registered:
+            self.ep.modify(conn.fd, events | select.EPOLLONESHOT)
+        else:
+            self.ep.register(conn.fd, events | select.EPOLLONESHOT)
+            conn.registered = True
+            self.fds[conn.fd] = conn
+
     def _release(self, conn):
+        """A pool thread has it now (its fd stays registered, disarmed)."""
         self.held.discard(conn)
-        try:
-            self.sel.unregister(conn.sock.fileno())
-        except (KeyError, ValueError, OSError):
-            pass
 
     def _drop(self, conn):
-        self._release(conn)
+        self.held.discard(conn)
+        if conn.registered and not conn.closed:
+            # Before the close: a handed-back fd lives on elsewhere, and epoll would
+            # keep reporting it.
+            try:
+                self.ep.unregister(conn.fd)
+            except OSError:
+                pass
+            if self.fds.get(conn.fd) is conn:
+                del self.fds[conn.fd]
         conn.close()
 
     def _handshake(self, conn):
         try:
             conn.sock.do_handshake()
         except ssl.SSLWantReadError:
-            self.sel.modify(conn.sock.fileno(), selectors.EVENT_READ, conn)
+            self._arm(conn)
             return
         except ssl.SSLWantWriteError:
-            self.sel.modify(conn.sock.fileno(), selectors.EVENT_WRITE, conn)
+            self._arm(conn, select.EPOLLOUT)
             return
         except (ssl.SSLError, OSError):
             self._drop(conn)
             return
         conn.handshaking = False
-        self.sel.modify(conn.sock.fileno(), selectors.EVENT_READ, conn)
         self._readable(conn)  # the client may have sent its request with the handshake
 
     def _readable(self, conn):
@@ -337,11 +350,14 @@ class WSGIServer:
                 conn.lingered += len(data)
                 if not data or conn.lingered > _LINGER_BYTES:
                     self._drop(conn)
+                    return
+            self._arm(conn)
             return
         reader = conn.reader
         was_idle = reader.idle
         data = conn.read()
         if data is None:
+            self._arm(conn)
             return
         if not data:
             self._drop(conn)  # the client closed (a partial request is abandoned)
@@ -356,7 +372,7 @@ class WSGIServer:
                 return
             conn.send_now(error_response(e.status, self.date.header(), self.extra_headers))
             if conn.tls:
-                conn.close()
+                self._drop(conn)
             else:
                 self._linger(conn)
             return
@@ -367,11 +383,13 @@ class WSGIServer:
         if conn.complete:
             self._release(conn)
             self._start(conn)
-        elif not reader.idle:
+            return
+        if not reader.idle:
             if was_idle:
                 conn.deadline = now + self.header_timeout   # the whole head, from its first byte
             elif reader.head is not None and conn.current is not None:
                 conn.deadline = now + _BODY_IDLE_SECONDS    # a body: while it progresses
+        self._arm(conn)
 
     def _start(self, conn):
         with self.lock:
@@ -412,7 +430,9 @@ class WSGIServer:
     def _close_listeners(self):
         for listener in self.listeners:
             try:
-                self.sel.unregister(listener.fileno())
+                fd = listener.fileno()
+                self.ep.unregister(fd)
+                del self.fds[fd]
             except (KeyError, ValueError, OSError):
                 pass
             listener.close()
@@ -443,9 +463,8 @@ class WSGIServer:
             traceback.print_exc()
             keep = False
         finally:
-            with self.lock:
-                self.inflight -= 1
-                self.finished += 1
+            # Back to the acceptor before the count drops: a draining acceptor leaves
+            # once nothing is in flight, and must find this connection to hand it back.
             if keep and not conn.reader.stopped:
                 self.returned.put(conn)
             elif conn.wants_linger():
@@ -454,6 +473,9 @@ class WSGIServer:
                 keep = True
             else:
                 conn.close()
+            with self.lock:
+                self.inflight -= 1
+                self.finished += 1
             if keep or self.stopping:
                 self._wake()
 
