@@ -183,3 +183,19 @@ def test_worker_output_is_prefixed_and_env_is_set():
         cli.wait_line("[0] script worker 1 listening")  # the prefix is the stable index (0..N-1)
         cli.wait_line("[1] script worker 2 listening")
         assert get(port)[0] == 200
+
+
+@pytest.mark.parametrize("target,extra,body", [("factory_app:create_wsgi('hi')", (), b"hi"),
+                                               ("factory_app:create_asgi", ("--factory",), b"hello")],
+                         ids=["called-in-target", "factory-flag"])
+def test_app_factories_are_called_once_per_worker(target, extra, body):
+    port = free_port()
+    with Cli("run", target, "-i", 1, "-b", f"127.0.0.1:{port}", "--app-dir", APPS, "--backlog", "64",
+             *extra) as cli:
+        cli.wait_line("ready, 1 workers ready")
+        assert get(port)[2] == body
+
+
+def test_a_target_call_with_non_literal_arguments_is_one_line():
+    code, out, err = run_cli("run", "factory_app:create_wsgi(os.environ)", cwd=APPS)
+    assert_one_line_error(code, out, err, "call arguments must be literals")

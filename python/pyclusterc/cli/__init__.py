@@ -28,6 +28,8 @@ def run_command(args):
     from ..manager.relay import OutputRelay
     from ..manager.worker import worker_main
     settings = run_settings.resolve(run_flags(args), config_path=args.config)
+    from ..serve.options import check as check_serving
+    check_serving(settings)
     relay = OutputRelay()
     relay.sink = sink = LogSink.from_options(settings, stdout=relay.out, stderr=relay.err)
 
@@ -38,7 +40,8 @@ def run_command(args):
     check_importable(settings.target, settings.app_dir)
     app = interface = None
     if settings.preload:
-        app, interface = load_target(settings.target, settings.interface, settings.app_dir)
+        app, interface = load_target(settings.target, settings.interface, settings.app_dir,
+                                             factory=settings.factory)
         gc.collect()
         # Import the server module too, so its pages are shared like the app's.
         importlib.import_module("pyclusterc.serve.asgi" if interface == "asgi" else "pyclusterc.serve.wsgi")
@@ -48,7 +51,8 @@ def run_command(args):
         gc.freeze()  # keep the imported objects' pages shared after fork
         settings = dataclasses.replace(settings, interface=interface)
     try:
-        addresses = binding.bind_all(settings.bind, settings.sched, settings.interface == "script", say=say)
+        addresses = binding.bind_all(settings.bind, settings.sched, settings.interface == "script",
+                                     backlog=settings.backlog, say=say)
     except OSError as e:
         raise UsageError(str(e)) from None
     settings = dataclasses.replace(settings, addresses=addresses)

@@ -7,6 +7,7 @@ import inspect
 import os
 import sys
 import traceback
+import types
 
 __all__ = ["AppError", "load_target", "check_importable", "add_app_dir", "app_traceback"]
 
@@ -19,8 +20,16 @@ class AppError(Exception):
         self.details = details
 
 
-def load_target(target, interface, app_dir=None):
-    """(app, interface) with interface resolved to "asgi" | "wsgi". Raises AppError."""
+def load_target(target, interface, app_dir=None, factory=False):
+    """(app, interface) with interface resolved to "asgi" | "wsgi". Raises AppError.
+    An app factory (--factory, or gunicorn's "module:create_app()") is called here."""
+    from .._lowlevel.options import OptionError
+    from ..serve.options import factory_call, resolve_factory
+    spelled = target
+    try:
+        target, call = factory_call(target)
+    except OptionError as e:
+        raise AppError(str(e)) from None
     add_app_dir(app_dir)
     if target.endswith(".py") and ":" not in target:
         module_name, attrs, path = None, None, target
@@ -52,6 +61,14 @@ def load_target(target, interface, app_dir=None):
         else:
             raise AppError(f"cannot load {target!r}: {label!r} has no `app` or `application`; "
                            "name it as module:attr")
+    if factory or call is not None:
+        try:
+            app = resolve_factory(app, types.SimpleNamespace(factory=True), call)
+        except BaseException as e:  # noqa: BLE001 - the factory's own error
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            raise AppError(f"the app factory {spelled!r} failed: {type(e).__name__}: {e}",
+                           app_traceback(e)) from None
     if not callable(app):
         raise AppError(f"cannot load {target!r}: {label}:{attrs} is not callable "
                        f"(it is {type(app).__name__}); point at an ASGI or WSGI app")
@@ -74,14 +91,17 @@ def add_app_dir(app_dir):
 
 
 def check_importable(target, app_dir):
-    """In the primary, without running the app's code: is the module there at all?"""
+    """In the primary, without running the app's code: is the module there at all (and
+    a factory call spelled with literal arguments)? OptionError or AppError, one line."""
+    from ..serve.options import factory_call
+    target, _ = factory_call(target)
     if target.endswith(".py") or target.partition(":")[0].endswith(".py"):
         path = target.partition(":")[0] if not target.endswith(".py") else target
         if not os.path.isfile(path):
             raise AppError(f"cannot load {target!r}: no such file {path!r}")
         return
     add_app_dir(app_dir)
-    module_name = target.partition(":")[0]
+    module_name = target.partition(":")[0]  # "module:create_app()" too
     if not module_name or not all(part.isidentifier() for part in module_name.split(".")):
         raise AppError(f"cannot load {target!r}: {module_name!r} is not a module name; "
                        "use module:attr or path/to/script.py")

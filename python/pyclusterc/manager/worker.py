@@ -115,7 +115,8 @@ def worker_main(settings, app=None, interface=None, close_fds=()):
         return
     if app is None:
         try:
-            app, interface = load_target(settings.target, settings.interface, settings.app_dir)
+            app, interface = load_target(settings.target, settings.interface, settings.app_dir,
+                                             factory=settings.factory)
         except AppError as e:
             fail(str(e), e.details)
     configure_logging(settings)
