@@ -423,7 +423,11 @@ def tables(results):
 
 def chart(results, path):
     """Three panels: hello req/s, mixed-load p99 of the fast requests, USS per worker."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("bench_serve: matplotlib is not installed (the bench extra): no chart", file=sys.stderr)
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
