@@ -221,3 +221,12 @@ def get(port, path="/", timeout=10):
         return response.status, dict(response.getheaders()), response.read()
     finally:
         conn.close()
+
+
+def wait_until(predicate, timeout=30, what="condition"):
+    """Poll predicate() until it is true; AssertionError naming `what` past the deadline."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)

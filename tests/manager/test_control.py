@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from procs import APPS, EXAMPLES, Cli, free_port, get
+from procs import APPS, Cli, EXAMPLES, free_port, get, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -49,13 +49,6 @@ def status_rows(runtime_dir, name="t"):
 def pids(runtime_dir, name="t"):
     return {int(row["pid"]) for row in status_rows(runtime_dir, name)}
 
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_status_metrics_and_socket_permissions(runtime_dir):

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from loadgen import Load
-from procs import APPS, Cli, free_port, get
+from procs import APPS, Cli, free_port, get, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -65,13 +65,6 @@ def cpu_seconds(pid):
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-
-def wait_until(predicate, timeout=30, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 APPS_UNDER_TEST = [("lifecycle_app:app", {}), ("lifecycle_app:wsgi", {"LIFECYCLE_WSGI": "1"})]

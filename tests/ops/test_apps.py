@@ -13,18 +13,11 @@ import time
 
 import pytest
 
-from procs import APPS, EXAMPLES, Cli, free_port, get, pid_alive
+from procs import APPS, Cli, EXAMPLES, free_port, get, pid_alive, wait_until
 from apphome import home  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.timeout(120)
 
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def serves(port):
