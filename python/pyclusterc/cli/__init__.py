@@ -15,7 +15,8 @@ import sys
 from ..manager.app import AppError, check_importable, load_target
 from ..manager.control import ControlError
 from ..manager.settings import ConfigError
-from .parser import OptionError, UsageError, build_parser, run_flags
+from .._lowlevel.options import OptionError
+from .parser import UsageError, build_parser, run_flags
 
 __all__ = ["main"]
 

@@ -2,7 +2,6 @@
 definition each (``manager.settings.OPTIONS``), so flags, files and checks agree."""
 import argparse
 
-from .._lowlevel.options import OptionError
 from ..manager.settings import OPTIONS
 
 __all__ = ["build_parser", "UsageError", "run_flags"]
@@ -129,5 +128,3 @@ def _interval(text):
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{e}, got {text!r}") from None
 
-
-__all__ += ["OptionError"]

@@ -419,8 +419,8 @@ class ProcessManager:
             return
         record.state = "serving"
         record.handle.start_feeding()
-        if self.jobs and self.jobs[0].on_ready(record):
-            pass
+        if self.jobs:
+            self.jobs[0].on_ready(record)
         if not self.announced:
             serving = len(self.serving_records())
             if serving >= self.wanted:

@@ -133,17 +133,6 @@ RunSettings.__doc__ = ("Every setting of one cluster, resolved and checked (froz
                        "config_file, and one per option in OPTIONS.")
 
 
-def as_dict(settings):
-    """For the JSON that carries settings to a spawned (script) worker."""
-    return {key: list(value) if isinstance(value, tuple) else value
-            for key, value in dataclasses.asdict(settings).items()}
-
-
-def from_dict(data):
-    return RunSettings(**{key: tuple(value) if isinstance(value, list) else value
-                          for key, value in data.items()})
-
-
 # ---- the settings file -------------------------------------------------------------------
 
 def load_file(directory=".", path=None):
