@@ -45,11 +45,16 @@ def run(app, listeners, settings, hooks):
     if settings.access_log_format:
         asgi_http.use_access_log_format(settings.access_log_format)
     slot = hooks.slot
+    wrap = None
     if slot is not None and hooks.live_counts:
-        config.loaded_app = _counting(config.loaded_app, slot)
+        counted_in = slot
+        wrap = lambda app: _counting(app, counted_in)  # noqa: E731
         slot = None  # counted per request; the beat need not publish
+    apps = asgi_http.request_apps(config.loaded_app, wrap)
+    config.loaded_app = apps[1]  # websockets are served with the middleware
     loops = _Loops(settings.threads or 1, hooks.heartbeat, slot, hooks.ready)
     loops.hand_back = hooks.hand_back
+    loops.apps = apps
     loops.ssl = ssl_context(settings)
     hooks.on_stop(loops.stop)
     # More than one loop: each runs in its own thread with its own uvicorn server state
@@ -84,6 +89,7 @@ class _Loops:
         self._stopping = False
         self._lock = threading.Lock()
         self.hand_back = None   # hooks.hand_back
+        self.apps = None        # (direct, proxied): asgi_http.request_apps
         self.ssl = None         # the SSLContext with --ssl-certfile
 
     def run(self, index, config, listeners, settings):
@@ -154,6 +160,7 @@ async def _serve(config, listeners, settings, loops, index):
     loop = asyncio.get_running_loop()
     serving = asgi_http.Serving(settings, loops.hand_back, Date())
     serving.in_progress = loops.requests_in_progress
+    serving.app, serving.proxied_app = loops.apps
     serving.extra_headers = b"".join(b"%s: %s\r\n" % pair for pair in server_headers(settings))
 
     def stop():
@@ -175,7 +182,7 @@ async def _serve(config, listeners, settings, loops, index):
         accept = [_accept_loop(listener, create_protocol, batch) for listener in listeners]
     tasks = [loop.create_task(coro) for coro in accept]
     tasks.append(loop.create_task(_beat(loops, index)))
-    tasks.append(loop.create_task(_sweep_heads(serving)))
+    tasks.append(loop.create_task(_sweep_deadlines(serving)))
     try:
         await server.main_loop()
     finally:
@@ -197,12 +204,12 @@ async def _beat(loops, index):
         await asyncio.sleep(_BEAT_SECONDS)
 
 
-async def _sweep_heads(serving):
-    """--header-timeout for this loop's connections (see asgi_http.Serving)."""
+async def _sweep_deadlines(serving):
+    """--header-timeout and --keep-alive for this loop's connections (asgi_http.Serving)."""
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(0.25)
-        serving.sweep_heads(loop.time())
+        serving.sweep(loop.time())
 
 
 async def _accept_loop(listener, create_protocol, batch):

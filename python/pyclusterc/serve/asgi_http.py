@@ -21,8 +21,11 @@ import asyncio
 import logging
 import urllib.parse
 
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavailable
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol,
+                                                   RequestResponseCycle)
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from . import http1
 from .responses import AccessLog, error_response, unread_bytes
@@ -32,13 +35,14 @@ _LINGER_BYTES = 1 << 20
 
 
 class Serving:
-    """What every connection of one event loop shares: the limits, the hooks and the
-    state of the drain."""
+    """What every connection of one event loop shares: the limits, the apps, the hooks
+    and the state of the drain."""
 
     def __init__(self, settings, hand_back, date):
         self.limits = http1.Limits.from_settings(settings)
         self.head_parser = http1.HeadParser()  # one per loop: heads parse whole, at once
         self.header_timeout = settings.header_timeout or None
+        self.keep_alive = settings.keep_alive
         self.drain_grace = min(settings.keep_alive, max(0.1, (settings.kill_timeout or 1.0) / 2))
         self.hand_back = hand_back
         self.date = date
@@ -46,43 +50,139 @@ class Serving:
         self.in_progress = lambda: 0  # requests running in the whole worker
         self.extra_headers = b""
         self.draining = False
-        # Connections whose head has a deadline: one sweep per loop checks them, rather
-        # than a timer made and cancelled for every connection.
-        self.waiting_heads = set()
+        self.app = None          # the app for a request without X-Forwarded-* fields
+        self.proxied_app = None  # the same behind uvicorn's ProxyHeadersMiddleware
+        # Connections with a deadline (a head to complete, an idle keep-alive wait): one
+        # sweep per loop checks them, rather than a timer made and cancelled per request.
+        self.deadlines = set()
         self._defaults_of = None
         self._defaults = None
 
-    def sweep_heads(self, now):
-        """Called about twice a second on the loop: heads past --header-timeout."""
-        late = [conn for conn in self.waiting_heads if conn.head_timer <= now]
+    def sweep(self, now):
+        """Called four times a second on the loop: connections past their deadline."""
+        late = [conn for conn in self.deadlines if conn.deadline <= now]
         for conn in late:
-            conn.head_timed_out()
+            conn.deadline_passed()
 
     def defaults(self, server_headers):
-        """uvicorn's default headers (date, ours), as a list that yields to the app's."""
+        """uvicorn's default headers (date, ours, --header), as one block of bytes."""
         if server_headers is not self._defaults_of:
-            self._defaults_of, self._defaults = server_headers, _Defaults(server_headers)
+            self._defaults_of, self._defaults = server_headers, _DefaultHeaders(server_headers)
         return self._defaults
 
 
-class _Defaults(list):
-    """uvicorn writes ``default_headers + app_headers``: a default the app sets itself
-    (Date from Flask's send_file, its own Server) is left out, so the response has one."""
+def request_apps(loaded_app, wrap=None):
+    """(direct, proxied) from uvicorn's loaded app, ProxyHeadersMiddleware outermost
+    when proxy headers are on: a request without X-Forwarded-For/-Proto skips the
+    middleware, which would change nothing for it. wrap: applied to both."""
+    direct = loaded_app.app if isinstance(loaded_app, ProxyHeadersMiddleware) else loaded_app
+    if wrap is None:
+        return direct, loaded_app
+    return wrap(direct), wrap(loaded_app)
 
-    def __add__(self, other):
-        if not other:
-            return list(self)
-        names = {name.lower() for name, _ in other}
-        return [pair for pair in self if pair[0] not in names] + other
+
+class _DefaultHeaders:
+    """The default header lines, joined once a second (uvicorn renews the Date pair each
+    second). A default the app sets itself (Date from Flask's send_file, its own Server)
+    is left out, so the response has one."""
+
+    def __init__(self, pairs):
+        self.pairs = pairs
+        self.names = frozenset(name for name, _ in pairs)
+        self.block = self.without(())
+
+    def without(self, names):
+        return b"".join(b"%s: %s\r\n" % pair for pair in self.pairs if pair[0] not in names)
 
 
-class _Http10KeepAliveCycle(RequestResponseCycle):
-    """An HTTP/1.0 client keeps the connection only if the response says so."""
+class _Cycle(RequestResponseCycle):
+    """uvicorn's request/response cycle; ``send`` is uvicorn's, written for fewer steps
+    per response (the defaults as one block, no list copies), and it also says
+    ``connection: keep-alive`` to an HTTP/1.0 client whose connection stays open
+    (uvicorn closes every HTTP/1.0 connection)."""
+
+    http10_keep_alive = False
 
     async def send(self, message):
-        if message["type"] == "http.response.start" and self.keep_alive:
-            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"keep-alive")]}
-        await super().send(message)
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        if not self.response_started:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(f"Expected ASGI message 'http.response.start', but got '{message['type']}'.")
+            self.response_started = True
+            self.waiting_for_100_continue = False
+            status = message["status"]
+            scope = self.scope
+            if self.access_log:
+                self.access_logger.info('%s - "%s %s HTTP/%s" %d', get_client_addr(scope), scope["method"],
+                                        get_path_with_query_string(scope), scope["http_version"], status)
+            defaults = self.default_headers
+            content = [STATUS_LINE[status], defaults.block]
+            overridden = None
+            connection_close = False
+            for name, value in message.get("headers", ()):
+                if HEADER_RE.search(name):
+                    raise RuntimeError("Invalid HTTP header name.")
+                if HEADER_VALUE_RE.search(value):
+                    raise RuntimeError("Invalid HTTP header value.")
+                name = name.lower()
+                if name == b"content-length" and self.chunked_encoding is None:
+                    self.expected_content_length = int(value.decode())
+                    self.chunked_encoding = False
+                elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                    self.expected_content_length = 0
+                    self.chunked_encoding = True
+                elif name == b"connection":
+                    if b"close" in [token.lower().strip() for token in value.split(b",")]:
+                        self.keep_alive = False
+                        connection_close = True
+                elif name in defaults.names:
+                    overridden = (overridden or set()) | {name}
+                content += (name, b": ", value, b"\r\n")
+            if overridden:
+                content[1] = defaults.without(overridden)
+            if not self.keep_alive:
+                if not connection_close:
+                    content.append(b"connection: close\r\n")
+            elif self.http10_keep_alive:
+                content.append(b"connection: keep-alive\r\n")
+            if self.chunked_encoding is None and scope["method"] != "HEAD" and status not in (204, 304):
+                self.chunked_encoding = True
+                content.append(b"transfer-encoding: chunked\r\n")
+            content.append(b"\r\n")
+            self.transport.write(b"".join(content))
+        elif not self.response_complete:
+            if message["type"] != "http.response.body":
+                raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{message['type']}'.")
+            body = message.get("body", b"")
+            more_body = message.get("more_body", False)
+            if self.scope["method"] == "HEAD":
+                self.expected_content_length = 0
+            elif self.chunked_encoding:
+                if body:
+                    content = [b"%x\r\n" % len(body), body, b"\r\n"]
+                else:
+                    content = []
+                if not more_body:
+                    content.append(b"0\r\n\r\n")
+                self.transport.write(b"".join(content))
+            else:
+                if len(body) > self.expected_content_length:
+                    raise RuntimeError("Response content longer than Content-Length")
+                self.expected_content_length -= len(body)
+                self.transport.write(body)
+            if not more_body:
+                if self.expected_content_length != 0:
+                    raise RuntimeError("Response content shorter than Content-Length")
+                self.response_complete = True
+                self.message_event.set()
+                if not self.keep_alive:
+                    self.transport.close()
+                self.on_response()
+        else:
+            raise RuntimeError(f"Unexpected ASGI message '{message['type']}' sent, after response already completed.")
 
 
 class _LingeringTransport:
@@ -104,22 +204,27 @@ class Protocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.serving = serving
         self.reader = http1.RequestReader(self, serving.limits, serving.head_parser)
-        self.head_timer = None     # the loop time the head must be complete by
+        # The loop time by which a head must be complete (--header-timeout) or, while
+        # idle between requests, the next one must start (--keep-alive); swept by Serving.
+        self.deadline = None
+        self.waiting_idle = False
+        self.app = serving.app
         self.lingering = False
         self.lingered = 0
         self.tls = False
         self.close_after = False   # draining and not handed back: the next response closes
+        self.asgi_info = {"version": self.asgi_version, "spec_version": "2.3"}
 
     # -- connection ---------------------------------------------------------------
     def connection_made(self, transport):
         super().connection_made(transport)
         self.tls = self.scheme == "https"
-        self._arm_head_timer()
+        self._set_deadline(self.serving.header_timeout)
         if self.serving.draining:
             self.shutdown()
 
     def connection_lost(self, exc):
-        self._cancel_head_timer()
+        self._clear_deadline()
         super().connection_lost(exc)
 
     def eof_received(self):
@@ -132,41 +237,44 @@ class Protocol(HttpToolsProtocol):
             if self.lingered > _LINGER_BYTES:
                 self.transport.close()
             return
-        self._unset_keepalive_if_required()
-        was_idle = self.reader.idle
+        reader = self.reader
         try:
-            self.reader.feed(data)
+            reader.feed(data)
         except http1.HTTPError as e:
             self._refuse(e.status)
             return
-        if self.reader.idle:
-            self._cancel_head_timer()
-        elif was_idle and self.reader.head_pending:
-            self._arm_head_timer()
+        if reader.head_pending:
+            if not reader.idle and (self.deadline is None or self.waiting_idle):
+                self._set_deadline(self.serving.header_timeout)  # a head is arriving
+        elif self.deadline is not None:
+            self._clear_deadline()  # in a body: the app reads it at its pace
 
-    def _arm_head_timer(self):
-        if self.head_timer is None and self.serving.header_timeout:
-            self.head_timer = self.loop.time() + self.serving.header_timeout
-            self.serving.waiting_heads.add(self)
+    def _set_deadline(self, seconds, idle=False):
+        if seconds:
+            self.deadline = self.loop.time() + seconds
+            self.waiting_idle = idle
+            self.serving.deadlines.add(self)
+        elif self.deadline is not None:
+            self._clear_deadline()
 
-    def _cancel_head_timer(self):
-        if self.head_timer is not None:
-            self.head_timer = None
-            self.serving.waiting_heads.discard(self)
+    def _clear_deadline(self):
+        self.deadline = None
+        self.serving.deadlines.discard(self)
 
-    def head_timed_out(self):
-        self._cancel_head_timer()
+    def deadline_passed(self):
+        self._clear_deadline()
         if self.transport.is_closing() or not self.reader.head_pending:
             return
         if self.reader.idle:
-            if self.cycle is None or self.cycle.response_complete:
-                self.transport.close()  # connected and sent nothing: no one to answer
+            if (self.cycle is None or self.cycle.response_complete) and not self.pipeline:
+                self.transport.close()  # sent nothing (more): no one to answer
         else:
             self._refuse(408)
 
     def _refuse(self, status):
         """Answer a request we will not serve, then close."""
-        self._cancel_head_timer()
+        if self.deadline is not None:
+            self._clear_deadline()
         self.transport.write(error_response(status, self.serving.date.header(), self.serving.extra_headers))
         self._linger()
 
@@ -196,14 +304,16 @@ class Protocol(HttpToolsProtocol):
 
     # -- the reader's callbacks ----------------------------------------------------
     def on_head(self, head):
-        self._cancel_head_timer()
-        headers = [(name.lower(), value) for name, value in head.headers]
+        if self.deadline is not None:
+            self._clear_deadline()
+        serving = self.serving
+        headers = head.headers
         self.url = head.target
         self.headers = headers
         root = self.root_path
         raw_path = head.path
         if raw_path[:1] == b"/":
-            if b"%" in raw_path or http1.has_obs_text(raw_path):
+            if b"%" in raw_path or not raw_path.isascii():
                 path = urllib.parse.unquote_to_bytes(raw_path).decode("utf-8", "replace")
             else:
                 path = raw_path.decode("ascii")
@@ -216,7 +326,7 @@ class Protocol(HttpToolsProtocol):
             raw_path = root.encode("latin-1") + raw_path
         self.scope = scope = {
             "type": "http",
-            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "asgi": self.asgi_info,
             "http_version": head.version,
             "server": self.server,
             "client": self.client,
@@ -232,30 +342,29 @@ class Protocol(HttpToolsProtocol):
         if head.upgrade and self._should_upgrade():
             self.handle_websocket_upgrade()
             return True  # the websocket protocol has the transport now
-        self.expect_100_continue = head.expect_continue
-        limit = self.serving.limit_concurrency
+        self.expect_100_continue = expect = head.expect_continue
+        limit = serving.limit_concurrency
         # Requests in progress in the worker, as the WSGI server counts (uvicorn counts
         # per loop, and open connections too, idle keep-alive ones included).
-        if limit is not None and self.serving.in_progress() >= limit:
+        if limit is not None and serving.in_progress() >= limit:
             app = service_unavailable
             self.logger.warning("Exceeded concurrency limit.")
         else:
-            app = self.app
-        keep_alive = head.keep_alive and not self.close_after and not (self.serving.draining and self.tls)
+            app = serving.proxied_app if head.forwarded else self.app
+        keep_alive = head.keep_alive and not self.close_after and not (serving.draining and self.tls)
         transport = self.transport if keep_alive else _LingeringTransport(self.transport, self)
-        cycle_class = _Http10KeepAliveCycle if keep_alive and head.version == "1.0" else RequestResponseCycle
         existing = self.cycle
-        self.cycle = cycle_class(
-            scope=scope, transport=transport, flow=self.flow, logger=self.logger,
-            access_logger=self.access_logger, access_log=self.access_log,
-            default_headers=self.serving.defaults(self.server_state.default_headers),
-            message_event=asyncio.Event(), expect_100_continue=head.expect_continue,
-            keep_alive=keep_alive, on_response=self.on_response_complete)
+        self.cycle = cycle = _Cycle(
+            scope, transport, self.flow, self.logger, self.access_logger, self.access_log,
+            serving.defaults(self.server_state.default_headers), asyncio.Event(), expect,
+            keep_alive, self.on_response_complete)
+        if keep_alive and head.version == "1.0":
+            cycle.http10_keep_alive = True
         if existing is None or existing.response_complete:
-            self._start_asgi_task(self.cycle, app)
+            self._start_asgi_task(cycle, app)
         else:
             self.flow.pause_reading()  # pipelined: served once the one before is done
-            self.pipeline.appendleft((self.cycle, app))
+            self.pipeline.appendleft((cycle, app))
         return False
 
     def on_body(self, body):
@@ -275,8 +384,17 @@ class Protocol(HttpToolsProtocol):
         cycle.message_event.set()
 
     def on_response_complete(self):
-        super().on_response_complete()
-        if self.serving.draining and not self.transport.is_closing():
+        # uvicorn's, with the idle wait on the sweep instead of a timer per request.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self.reader.idle:
+            self._set_deadline(self.serving.keep_alive, idle=True)
+        if self.serving.draining:
             self.shutdown()
 
     # -- draining ------------------------------------------------------------------

@@ -54,13 +54,14 @@ class Limits:
 
 class Head:
     """A parsed request head: method, target, version ("1.1"), keep_alive; headers:
-    (name as sent, value trimmed) without the dropped underscore names; path/query:
+    (name lowercased, value trimmed) without the dropped underscore names; path/query:
     the target split, fragment dropped, absolute-form reduced to its path."""
     # Defaults as class attributes: no __init__ on the per-request path.
     upgrade = None
     expect_continue = False
     content_length = None
     chunked = False
+    forwarded = False  # has X-Forwarded-For or -Proto (a proxy may have set them)
     # A coded body (gzip) the app must decode: the next request's framing would rest
     # on it being right (gunicorn closes after it too).
     keep_alive_forced_off = False
@@ -80,8 +81,14 @@ class HeadParser:
     """httptools for whole heads. It is fed one complete head at a time and parses it
     at once, so one instance serves every connection of a thread (an event loop, the
     WSGI acceptor); its llhttp parser is reused while each head ended its message (no
-    body follows) and made anew after one with a body."""
-    __slots__ = ("parser", "parser_now", "url", "headers", "keep_alive")
+    body follows) and made anew after one with a body.
+
+    Each field is checked as llhttp hands it over (one pass, no second list): names
+    lowercased, values trimmed, underscore names dropped, the framing fields read. An
+    error found there is kept and raised once llhttp returns (an exception raised in a
+    callback would reach us wrapped in httptools' own)."""
+    __slots__ = ("parser", "parser_now", "url", "headers", "keep_alive", "header_map", "count",
+                 "error", "length", "te", "expect_continue", "seen", "forwarded")
 
     def __init__(self):
         self.parser = None
@@ -90,7 +97,45 @@ class HeadParser:
         self.url += url
 
     def on_header(self, name, value):
+        self.count += 1
+        if value and (value[-1] in _OWS or value[0] in _OWS):
+            value = value.strip(b" \t")
+        name = name.lower()
+        if b"_" in name:
+            if self.header_map == "drop":
+                # X_Auth_User would become HTTP_X_AUTH_USER, the same key as X-Auth-User:
+                # a header a proxy in front did not strip could spoof it (gunicorn drops too).
+                return
+            if self.header_map == "refuse":
+                self.fail(HTTPError(400, "underscore in a header name"))
+        elif name in _SPECIAL:
+            kind = _SPECIAL[name]
+            if kind == _FORWARDED:
+                self.forwarded = True
+            else:
+                self.special(kind, name, value)
         self.headers.append((name, value))
+
+    def special(self, kind, name, value):
+        if kind == _CONTENT_LENGTH:
+            if self.length is not None or not value.isdigit():
+                self.fail(HTTPError(400, "invalid or repeated content-length"))
+            else:
+                self.length = int(value)
+        elif kind == _TRANSFER_ENCODING:
+            self.te = (self.te or []) + [token.strip().lower() for token in value.split(b",")]
+        elif kind == _EXPECT:
+            self.expect_continue = value.lower() == b"100-continue"
+        elif name in self.seen:
+            # Not list-valued (RFC 9110 §5.3): a second one is read differently by
+            # different parsers (Host: routing, Content-Type: the body's meaning).
+            self.fail(HTTPError(400, "repeated " + name.decode()))
+        else:
+            self.seen += (name,)
+
+    def fail(self, error):
+        if self.error is None:
+            self.error = error
 
     def on_headers_complete(self):
         # Read here: llhttp clears its flags once a message without a body completes.
@@ -106,6 +151,11 @@ class HeadParser:
         self.url = b""
         self.headers = []
         self.keep_alive = False
+        self.header_map = limits.header_map
+        self.count = 0
+        self.error = self.length = self.te = None
+        self.expect_continue = self.forwarded = False
+        self.seen = ()
         self.parser_now = parser
         self.parser = None  # until the head parsed cleanly and ended its message
         upgrade = False
@@ -122,11 +172,19 @@ class HeadParser:
         head = Head()
         method = parser.get_method()
         head.method = _METHODS.get(method) or method.decode("ascii")
-        head.version = parser.get_http_version()
+        # The version from the request line llhttp accepted ("... HTTP/1.1\r\n"): a
+        # lookup where get_http_version() formats a new string.
+        line_end = raw.find(b"\r\n")
+        version = _VERSION_OF.get(raw[line_end - 9:line_end]) or parser.get_http_version()
+        head.version = version
         head.target = self.url
-        _check(head, self.headers, limits, self.keep_alive)
-        if upgrade and head.method != "CONNECT":
-            head.upgrade = True
+        if version not in _VERSIONS:
+            raise HTTPError(400, "unsupported HTTP version")
+        if self.count > limits.fields:
+            raise HTTPError(431, "too many header fields")
+        if self.error is not None:
+            raise self.error
+        _check(head, self, upgrade)
         if self.keep_alive and not (upgrade or head.chunked or head.content_length):
             # llhttp ended the message with the head (no body) and awaits the next one
             # (after a closing message it refuses more input).
@@ -187,57 +245,27 @@ def _check_lines(raw, limits):
 
 
 _VERSIONS = ("1.1", "1.0")
-# Fields read here (all others pass through); a name of another length is none of them.
-_CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT, _SINGLE = 1, 2, 3, 4
+# Fields read here (all others pass through).
+_VERSION_OF = {b" HTTP/1.1": "1.1", b" HTTP/1.0": "1.0"}
+_CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT, _SINGLE, _FORWARDED = 1, 2, 3, 4, 5
 _SPECIAL = {b"content-length": _CONTENT_LENGTH, b"transfer-encoding": _TRANSFER_ENCODING,
-            b"expect": _EXPECT, b"host": _SINGLE, b"content-type": _SINGLE}
-_SPECIAL_LENGTHS = frozenset(map(len, _SPECIAL))
+            b"expect": _EXPECT, b"host": _SINGLE, b"content-type": _SINGLE,
+            b"x-forwarded-for": _FORWARDED, b"x-forwarded-proto": _FORWARDED}
 
 
-def _check(head, fields, limits, keep_alive):
-    """RFC 9112 checks llhttp leaves out, the limits, trimming and underscore names.
-    keep_alive: llhttp's reading of the version and Connection tokens."""
-    if head.version not in _VERSIONS:
-        raise HTTPError(400, "unsupported HTTP version")
-    if len(fields) > limits.fields:
-        raise HTTPError(431, "too many header fields")
-    headers = []
-    seen = ()
-    te = None
-    length = None
-    for name, value in fields:
-        if value and (value[-1] in _OWS or value[0] in _OWS):
-            value = value.strip(b" \t")
-        if b"_" in name:
-            if limits.header_map == "drop":
-                # X_Auth_User would become HTTP_X_AUTH_USER, the same key as X-Auth-User:
-                # a header a proxy in front did not strip could spoof it (gunicorn drops too).
-                continue
-            if limits.header_map == "refuse":
-                raise HTTPError(400, "underscore in a header name")
-        elif len(name) in _SPECIAL_LENGTHS:
-            lower = name.lower()
-            kind = _SPECIAL.get(lower)
-            if kind == _CONTENT_LENGTH:
-                if length is not None or not value.isdigit():
-                    raise HTTPError(400, "invalid or repeated content-length")
-                length = int(value)
-            elif kind == _TRANSFER_ENCODING:
-                te = (te or []) + [token.strip().lower() for token in value.split(b",")]
-            elif kind == _EXPECT:
-                head.expect_continue = value.lower() == b"100-continue"
-            elif kind == _SINGLE:
-                # Not list-valued (RFC 9110 §5.3): a second one is read differently by
-                # different parsers (Host: routing, Content-Type: the body's meaning).
-                if lower in seen:
-                    raise HTTPError(400, "repeated " + lower.decode())
-                seen += (lower,)
-        headers.append((name, value))
-    head.headers = headers
-    if te is not None:
-        _check_transfer_coding(head, te, length)
-    head.content_length = length
-    head.keep_alive = keep_alive and not head.keep_alive_forced_off
+def _check(head, fields, upgrade):
+    """RFC 9112 checks llhttp leaves out, on what HeadParser read from the fields.
+    fields.keep_alive: llhttp's reading of the version and Connection tokens."""
+    head.headers = fields.headers
+    head.expect_continue = fields.expect_continue
+    if fields.forwarded:
+        head.forwarded = True
+    if fields.te is not None:
+        _check_transfer_coding(head, fields.te, fields.length)
+    head.content_length = fields.length
+    head.keep_alive = fields.keep_alive and not head.keep_alive_forced_off
+    if upgrade and head.method != "CONNECT":
+        head.upgrade = True
     target = head.target
     if target[:1] == b"/" and b"?" not in target and b"#" not in target:
         head.path, head.query = target, b""  # the common origin-form

@@ -104,6 +104,8 @@ class _Connection:
                 return self.sock.recv(_READ, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return None
+            except OSError:
+                return b""  # reset by the client (wrk does at its end), or gone: as EOF
         try:
             data = self.sock.recv(_READ)
             while self.sock.pending():
@@ -111,7 +113,7 @@ class _Connection:
             return data
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return None
-        except ssl.SSLError:
+        except OSError:  # ssl.SSLError included
             return b""
 
     def for_pool(self):
@@ -216,7 +218,11 @@ class WSGIServer:
                     if data is _WAKE:
                         self._drain_wake()
                     elif isinstance(data, _Connection):
-                        self._readable(data)
+                        try:
+                            self._readable(data)
+                        except Exception:  # noqa: BLE001 - one connection's fault ends it, not the worker
+                            traceback.print_exc()
+                            self._drop(data)
                     elif data is not None and not self.stopping:
                         self._accept_all(data)
                 while True:
