@@ -18,6 +18,7 @@ that both servers read requests the same way:
   (``hand_back``), or waits a short grace for a request in flight.
 """
 import asyncio
+import collections
 import logging
 import urllib.parse
 
@@ -55,6 +56,7 @@ class Serving:
         # Connections with a deadline (a head to complete, an idle keep-alive wait): one
         # sweep per loop checks them, rather than a timer made and cancelled per request.
         self.deadlines = set()
+        self.uvicorn_state = None  # Protocol: what uvicorn's __init__ sets, once known
         self._defaults_of = None
         self._defaults = None
 
@@ -199,9 +201,42 @@ class _LingeringTransport:
         self._protocol.close_lingering()
 
 
+# What uvicorn's __init__ sets that every connection of a loop may share: the config,
+# the loggers, the loop, the server state. Anything else that holds state of its own
+# (a new uvicorn's attribute we do not know) makes every connection run that __init__.
+_SHARED_STATE = frozenset(("config", "app", "server_state", "connections", "tasks", "app_state",
+                           "logger", "access_logger"))
+_PER_CONNECTION = frozenset(("pipeline", "parser", "loop"))
+_CONTAINERS = (list, dict, set, bytearray, collections.deque)
+
+
+def _uvicorn_state(instance):
+    """The attributes uvicorn's __init__ gave ``instance``, to copy into the next
+    connections of its loop; None if one of them is state we cannot share."""
+    state = {}
+    for name, value in vars(instance).items():
+        if name in _PER_CONNECTION:
+            continue
+        if isinstance(value, _CONTAINERS) and name not in _SHARED_STATE:
+            return None
+        state[name] = value
+    return state
+
+
 class Protocol(HttpToolsProtocol):
     def __init__(self, config, server_state, app_state, serving, _loop=None):
-        super().__init__(config, server_state, app_state, _loop)
+        # uvicorn's __init__ looks up two loggers and builds an httptools parser we do
+        # not use, for every connection: its result is copied instead, once known.
+        state = serving.uvicorn_state
+        if not state:  # not known yet (None), or not to be shared (False)
+            super().__init__(config, server_state, app_state, _loop)
+            if serving.uvicorn_state is None:
+                serving.uvicorn_state = _uvicorn_state(self) or False
+        else:
+            self.__dict__.update(state)
+            self.loop = _loop or asyncio.get_event_loop()
+            self.pipeline = collections.deque()
+        self.parser = None  # ours reads requests (serve.http1)
         self.serving = serving
         self.reader = http1.RequestReader(self, serving.limits, serving.head_parser)
         # The loop time by which a head must be complete (--header-timeout) or, while
@@ -219,6 +254,8 @@ class Protocol(HttpToolsProtocol):
     def connection_made(self, transport):
         super().connection_made(transport)
         self.tls = self.scheme == "https"
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None and not self.tls else None
         self._set_deadline(self.serving.header_timeout)
         if self.serving.draining:
             self.shutdown()
@@ -299,8 +336,7 @@ class Protocol(HttpToolsProtocol):
         self.loop.call_later(_LINGER_SECONDS, self.transport.close)
 
     def _bytes_waiting(self):
-        sock = self.transport.get_extra_info("socket")
-        return sock is not None and not self.tls and unread_bytes(sock.fileno()) > 0
+        return self.fd is not None and unread_bytes(self.fd) > 0
 
     # -- the reader's callbacks ----------------------------------------------------
     def on_head(self, head):
@@ -312,8 +348,10 @@ class Protocol(HttpToolsProtocol):
         self.headers = headers
         root = self.root_path
         raw_path = head.path
-        if raw_path[:1] == b"/":
-            if b"%" in raw_path or not raw_path.isascii():
+        if raw_path == b"/":
+            path = "/"
+        elif raw_path[:1] == b"/":
+            if raw_path.find(b"%") >= 0 or not raw_path.isascii():
                 path = urllib.parse.unquote_to_bytes(raw_path).decode("utf-8", "replace")
             else:
                 path = raw_path.decode("ascii")

@@ -87,8 +87,9 @@ class HeadParser:
     lowercased, values trimmed, underscore names dropped, the framing fields read. An
     error found there is kept and raised once llhttp returns (an exception raised in a
     callback would reach us wrapped in httptools' own)."""
-    __slots__ = ("parser", "parser_now", "url", "headers", "keep_alive", "header_map", "count",
-                 "error", "length", "te", "expect_continue", "seen", "forwarded")
+    __slots__ = ("parser", "parser_now", "url", "headers", "keep_alive", "header_map",
+                 "error", "length", "te", "expect_continue", "seen", "forwarded", "underscores",
+                 "host_seen", "dropped")
 
     def __init__(self):
         self.parser = None
@@ -97,14 +98,20 @@ class HeadParser:
         self.url += url
 
     def on_header(self, name, value):
-        self.count += 1
-        if value and (value[-1] in _OWS or value[0] in _OWS):
-            value = value.strip(b" \t")
+        if value and value[-1] in _OWS:  # llhttp skipped the leading OWS, not the trailing
+            value = value.rstrip(b" \t")
         name = name.lower()
-        if b"_" in name:
+        if name == b"host":  # in every request: checked here, not in special()
+            if self.host_seen:
+                self.fail(HTTPError(400, "repeated host"))
+            self.host_seen = True
+        # (bytes.find, not `in`: in CPython 3.11 `bytes in bytes` raises and clears a
+        # TypeError inside before it searches; only a head with a "_" looks per field.)
+        elif self.underscores and name.find(b"_") >= 0:
             if self.header_map == "drop":
                 # X_Auth_User would become HTTP_X_AUTH_USER, the same key as X-Auth-User:
                 # a header a proxy in front did not strip could spoof it (gunicorn drops too).
+                self.dropped += 1
                 return
             if self.header_map == "refuse":
                 self.fail(HTTPError(400, "underscore in a header name"))
@@ -152,9 +159,11 @@ class HeadParser:
         self.headers = []
         self.keep_alive = False
         self.header_map = limits.header_map
-        self.count = 0
+        self.dropped = 0
+        self.host_seen = False
         self.error = self.length = self.te = None
         self.expect_continue = self.forwarded = False
+        self.underscores = raw.find(b"_") >= 0
         self.seen = ()
         self.parser_now = parser
         self.parser = None  # until the head parsed cleanly and ended its message
@@ -180,7 +189,7 @@ class HeadParser:
         head.target = self.url
         if version not in _VERSIONS:
             raise HTTPError(400, "unsupported HTTP version")
-        if self.count > limits.fields:
+        if len(self.headers) + self.dropped > limits.fields:
             raise HTTPError(431, "too many header fields")
         if self.error is not None:
             raise self.error
@@ -249,7 +258,7 @@ _VERSIONS = ("1.1", "1.0")
 _VERSION_OF = {b" HTTP/1.1": "1.1", b" HTTP/1.0": "1.0"}
 _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT, _SINGLE, _FORWARDED = 1, 2, 3, 4, 5
 _SPECIAL = {b"content-length": _CONTENT_LENGTH, b"transfer-encoding": _TRANSFER_ENCODING,
-            b"expect": _EXPECT, b"host": _SINGLE, b"content-type": _SINGLE,
+            b"expect": _EXPECT, b"content-type": _SINGLE,
             b"x-forwarded-for": _FORWARDED, b"x-forwarded-proto": _FORWARDED}
 
 
@@ -267,13 +276,14 @@ def _check(head, fields, upgrade):
     if upgrade and head.method != "CONNECT":
         head.upgrade = True
     target = head.target
-    if target[:1] == b"/" and b"?" not in target and b"#" not in target:
+    if target == b"/" or _PLAIN_PATH(target):
         head.path, head.query = target, b""  # the common origin-form
     else:
         _split_target(head)
 
 
 _OWS = b" \t"
+_PLAIN_PATH = re.compile(rb"/[^?#]*\Z").match
 
 
 def _check_transfer_coding(head, te, length):
