@@ -23,12 +23,14 @@
 #include <unistd.h>
 
 /* Workers write the slot, the primary reads it: pin the layout. */
-PC_STATIC_ASSERT(sizeof(struct pc_score_slot) == 64, "pc_score_slot is 64 bytes");
+PC_STATIC_ASSERT(sizeof(struct pc_score_slot) == 256, "pc_score_slot is 256 bytes");
 PC_STATIC_ASSERT(offsetof(struct pc_score_slot, heartbeat_ns) == 8, "heartbeat_ns at 8");
 PC_STATIC_ASSERT(offsetof(struct pc_score_slot, requests) == 16, "requests at 16");
 PC_STATIC_ASSERT(offsetof(struct pc_score_slot, inflight) == 24, "inflight at 24");
 PC_STATIC_ASSERT(offsetof(struct pc_score_slot, connections) == 28, "connections at 28");
 PC_STATIC_ASSERT(offsetof(struct pc_score_slot, handed) == 32, "handed at 32");
+PC_STATIC_ASSERT(offsetof(struct pc_score_slot, duration_us) == 40, "duration_us at 40");
+PC_STATIC_ASSERT(offsetof(struct pc_score_slot, duration_buckets) == 96, "duration_buckets at 96");
 PC_STATIC_ASSERT(sizeof(struct pc_event) == 8, "pc_event is 8 bytes");
 
 enum {
@@ -719,4 +721,27 @@ int pc_dispatch_run(struct pc_dispatch *d, int64_t timeout_ns, struct pc_event *
     if (count > 0) return count;
     if (deadline >= 0 && pc__remaining(deadline) == 0) return 0;
   }
+}
+
+/* Upper bounds of the request-duration buckets, microseconds: 1 ms to 10 s (Prometheus'
+ * defaults from 5 ms up, two finer ones below for fast endpoints); the last bucket of
+ * duration_buckets has none. */
+static const uint64_t duration_bounds_us[] = {1000,   2500,   5000,    10000,   25000,   50000,   100000,
+                                              250000, 500000, 1000000, 2500000, 5000000, 10000000};
+enum { BOUNDS = sizeof(duration_bounds_us) / sizeof(duration_bounds_us[0]) };
+PC_STATIC_ASSERT(BOUNDS + 1 == sizeof(((struct pc_score_slot *)0)->duration_buckets) / sizeof(uint64_t),
+                 "one bucket per bound, and one over them");
+
+uint64_t pc_score_bucket_bound_us(uint32_t index) {
+  if (index < BOUNDS) return duration_bounds_us[index];
+  return index == BOUNDS ? UINT64_MAX : 0;
+}
+
+void pc_score_record(struct pc_score_slot *slot, uint32_t status, uint64_t duration_us) {
+  uint32_t class_index = status >= 100 && status < 600 ? status / 100 - 1 : 5;
+  uint32_t bucket = 0;
+  while (bucket < BOUNDS && duration_us > duration_bounds_us[bucket]) bucket++;
+  atomic_fetch_add_explicit((_Atomic uint64_t *)&slot->status_classes[class_index], 1, memory_order_relaxed);
+  atomic_fetch_add_explicit((_Atomic uint64_t *)&slot->duration_buckets[bucket], 1, memory_order_relaxed);
+  atomic_fetch_add_explicit((_Atomic uint64_t *)&slot->duration_us, duration_us, memory_order_relaxed);
 }

@@ -13,12 +13,14 @@
 enum { PC_SCHED_RR = 0, PC_SCHED_LEAST = 1, PC_SCHED_STICKY = 2 };
 
 /* One per worker in the scoreboard (a shared region): written by the worker with
- * atomics, read by the primary. 64 bytes, pinned with static asserts in
+ * atomics, read by the primary. 256 bytes, pinned with static asserts in
  * dispatch.c, which reads the fields as _Atomic.
  * handed: connections the worker has taken off its channel (it adds 1 per
  * PC_MSG_CONN received). `least` counts the primary's own handed count minus this
  * as connections still queued to the worker, so that a burst is spread before the
- * worker's inflight/connections counters catch up. */
+ * worker's inflight/connections counters catch up.
+ * duration_us, status_classes, duration_buckets: what pc_score_record adds per
+ * response (the Prometheus histogram and status classes, with no per-request IPC). */
 struct pc_score_slot {
   uint32_t pid;
   uint32_t state;
@@ -27,8 +29,17 @@ struct pc_score_slot {
   uint32_t inflight;
   uint32_t connections;
   uint64_t handed;
-  uint8_t reserved[24];
+  uint64_t duration_us;          /* sum of the recorded durations */
+  uint64_t status_classes[6];    /* 1xx, 2xx, 3xx, 4xx, 5xx, other */
+  uint64_t duration_buckets[14]; /* per bucket, not cumulative; the last: over every bound */
+  uint8_t reserved[48];
 };
+
+/* One response: its status class and duration, added with relaxed atomic adds
+ * (never blocks). Bucket i counts durations <= pc_score_bucket_bound_us(i) that are
+ * above the bound before; the bound of the last bucket is UINT64_MAX. */
+void pc_score_record(struct pc_score_slot *slot, uint32_t status, uint64_t duration_us);
+uint64_t pc_score_bucket_bound_us(uint32_t index);
 
 /* What pc_dispatch_run reports. id = the token (PC_EVENT_FD) or the worker_id.
  * PC_EVENT_WORKER_HUP is reported once: the loop then stops watching that channel

@@ -621,9 +621,40 @@ static void test_rr_across_fork(void) {
   teardown(&f, NW);
 }
 
+/* pc_score_record: one count per response in its status class and its duration's
+ * bucket (bounds inclusive), the sum in microseconds; bounds ascend, the last is open. */
+static void test_score_record(void) {
+  struct pc_score_slot slot;
+  uint32_t i, buckets = sizeof slot.duration_buckets / sizeof slot.duration_buckets[0];
+  uint64_t total = 0;
+  memset(&slot, 0, sizeof slot);
+  for (i = 0; i + 1 < buckets; i++) ASSERT(pc_score_bucket_bound_us(i) < pc_score_bucket_bound_us(i + 1));
+  ASSERT(pc_score_bucket_bound_us(buckets - 1) == UINT64_MAX);
+  ASSERT_EQ(pc_score_bucket_bound_us(buckets), 0);
+  pc_score_record(&slot, 200, 0);
+  pc_score_record(&slot, 204, 1000);  /* on the first bound: still the first bucket */
+  pc_score_record(&slot, 404, 1001);
+  pc_score_record(&slot, 503, 20000000);
+  pc_score_record(&slot, 99, 5);
+  pc_score_record(&slot, 600, 5);
+  ASSERT_EQ(slot.status_classes[1], 2);
+  ASSERT_EQ(slot.status_classes[3], 1);
+  ASSERT_EQ(slot.status_classes[4], 1);
+  ASSERT_EQ(slot.status_classes[5], 2);
+  ASSERT_EQ(slot.status_classes[0], 0);
+  ASSERT_EQ(slot.duration_buckets[0], 4);
+  ASSERT_EQ(slot.duration_buckets[1], 1);
+  ASSERT_EQ(slot.duration_buckets[buckets - 1], 1);
+  for (i = 0; i < buckets; i++) total += slot.duration_buckets[i];
+  ASSERT_EQ(total, 6);
+  ASSERT(slot.duration_us == 0 + 1000 + 1001 + 20000000 + 5 + 5);
+  ASSERT_EQ(slot.requests, 0); /* counted apart (request_finished or a published total) */
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_DFL);
   alarm(50); /* whatever happens, this test ends */
+  RUN_TEST(test_score_record);
   RUN_TEST(test_rr_sequence);
   RUN_TEST(test_rr_batch);
   RUN_TEST(test_burst);

@@ -108,7 +108,8 @@ def test_sd_notify_ready_reload_stop(runtime, tmp_path):
 
 
 @pytest.mark.skipif("--metrics-bind" not in run_help(), reason="run has no --metrics-bind yet")
-def test_metrics_endpoint_counts_and_stable_labels(runtime):
+@pytest.mark.parametrize("target, errors", [("plain_wsgi:app", 3), ("managed_asgi:app", 0)])
+def test_metrics_endpoint_counts_and_stable_labels(runtime, target, errors):
     from prometheus_client.parser import text_string_to_metric_families
     mport = free_port()
 
@@ -117,17 +118,29 @@ def test_metrics_endpoint_counts_and_stable_labels(runtime):
             text = r.read().decode()
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
                 for f in text_string_to_metric_families(text) for s in f.samples}
-    with serve(runtime, "--metrics-bind", f"127.0.0.1:{mport}") as cli:
+    total = 20 + errors
+    with serve(runtime, "--metrics-bind", f"127.0.0.1:{mport}", target=target) as cli:
         cli.wait_line("ready, 2 workers")
         for _ in range(20):
             assert get(cli.port)[0] == 200
+        for _ in range(errors):
+            assert get(cli.port, "/boom")[0] == 500
         deadline = time.monotonic() + 10
-        while scrape()[("pyclusterc_requests_total", (("cluster", "w"),))] < 20 and time.monotonic() < deadline:
+        while scrape()[("pyclusterc_requests_total", (("cluster", "w"),))] < total and time.monotonic() < deadline:
             time.sleep(0.05)
         before = scrape()
-        assert before[("pyclusterc_requests_total", (("cluster", "w"),))] == 20
-        count = before.get(("pyclusterc_request_duration_seconds_count", (("cluster", "w"),)))
-        assert count in (None, 20)  # the histogram, once the scoreboard counts buckets
+        assert before[("pyclusterc_requests_total", (("cluster", "w"),))] == total
+        # The histogram and status classes, counted in the scoreboard by the workers.
+        assert before[("pyclusterc_request_duration_seconds_count", (("cluster", "w"),))] == total
+        assert before[("pyclusterc_request_duration_seconds_bucket", (("cluster", "w"), ("le", "+Inf")))] == total
+        assert before[("pyclusterc_request_duration_seconds_sum", (("cluster", "w"),))] > 0
+        by_class = {}
+        for (n, l), v in before.items():
+            if n == "pyclusterc_worker_responses_total":
+                by_class[dict(l)["status_class"]] = by_class.get(dict(l)["status_class"], 0) + v
+        assert by_class == ({"2xx": 20, "5xx": errors} if errors else {"2xx": 20})
+        per_worker = sum(v for (n, l), v in before.items() if n == "pyclusterc_worker_request_duration_seconds_count")
+        assert per_worker == total
         labels = {l for (n, l) in before if n == "pyclusterc_worker_requests_total"}
         assert len(labels) == 2
         assert subprocess.run([sys.executable, "-m", "pyclusterc", "reload", "w"], timeout=60,

@@ -1,11 +1,12 @@
-"""The scoreboard: one shared region with a 64-byte slot per worker (struct pc_score_slot
-in csrc/pc_dispatch.h). A worker writes its own slot (heartbeat, requests, in-flight,
-open connections); the primary reads every slot (the `least` policy in C, status and
-limits in Python)."""
+"""The scoreboard: one shared region with a 256-byte slot per worker (struct
+pc_score_slot in csrc/pc_dispatch.h). A worker writes its own slot (heartbeat, requests,
+in-flight, open connections, and with metrics on, each response's status class and
+duration bucket); the primary reads every slot (the `least` policy in C, status,
+metrics and limits in Python)."""
 import socket
 import time
 
-from .._lowlevel.native import ffi
+from .._lowlevel.native import ffi, lib
 from ..shared.buffer import BigUint64Array, Uint32Array
 
 # The layout is C's (struct pc_score_slot, csrc/pc_dispatch.h: the dispatch loop reads
@@ -23,6 +24,13 @@ def _field(name, width):
 U32_PID, U32_STATE = _field("pid", 4), _field("state", 4)
 U32_INFLIGHT, U32_CONNECTIONS = _field("inflight", 4), _field("connections", 4)
 U64_HEARTBEAT, U64_REQUESTS, U64_HANDED = _field("heartbeat_ns", 8), _field("requests", 8), _field("handed", 8)
+U64_DURATION_US, U64_STATUS, U64_BUCKETS = (_field("duration_us", 8), _field("status_classes", 8),
+                                            _field("duration_buckets", 8))
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
+# Upper bounds of the duration buckets, seconds (C's, pc_score_bucket_bound_us); the last
+# bucket has none (+Inf).
+_BUCKETS = len(ffi.new("struct pc_score_slot *").duration_buckets)
+BUCKET_BOUNDS = tuple(lib.pc_score_bucket_bound_us(i) / 1e6 for i in range(_BUCKETS - 1)) + (float("inf"),)
 
 
 class ScoreSlot:
@@ -32,6 +40,13 @@ class ScoreSlot:
         self.index = index
         self.u32 = Uint32Array(board, index * SLOT_BYTES, SLOT_BYTES // 4)
         self.u64 = BigUint64Array(board, index * SLOT_BYTES, SLOT_BYTES // 8)
+        self._base = ffi.from_buffer(board)  # keeps the mapping's pointer alive
+        self._slot = ffi.cast("struct pc_score_slot *", self._base + index * SLOT_BYTES)
+
+    def record(self, status, duration_us):
+        """One response (status code, microseconds): its class and duration bucket, with
+        one C call of relaxed atomic adds (no IPC; the primary reads them when scraped)."""
+        lib.pc_score_record(self._slot, status, duration_us)
 
     def connections_received(self, count):
         """count connections arrived from the primary: `least` stops counting them as
@@ -66,9 +81,20 @@ class ScoreSlot:
             self.u64.store(i, 0)
 
     def snapshot(self):
-        return {"pid": self.u32.load(U32_PID), "inflight": self.u32.load(U32_INFLIGHT),
-                "connections": self.u32.load(U32_CONNECTIONS),
-                "requests": self.u64.load(U64_REQUESTS)}
+        u64 = self.u64
+        counts = [u64.load(U64_BUCKETS + i) for i in range(_BUCKETS)]
+        score = {"pid": self.u32.load(U32_PID), "inflight": self.u32.load(U32_INFLIGHT),
+                 "connections": self.u32.load(U32_CONNECTIONS), "requests": u64.load(U64_REQUESTS)}
+        if any(counts):  # recorded (metrics on): the histogram, cumulative, and the classes
+            cumulative, total = [], 0
+            for bound, count in zip(BUCKET_BOUNDS, counts):
+                total += count
+                cumulative.append((bound, total))
+            score["latency_buckets"] = cumulative
+            score["latency_sum"] = u64.load(U64_DURATION_US) / 1e6
+            score["status_classes"] = {name: u64.load(U64_STATUS + i) for i, name in enumerate(STATUS_CLASSES)
+                                       if u64.load(U64_STATUS + i)}
+        return score
 
     # The heartbeat: a worker's loop stamps it while it makes progress; the primary
     # replaces a worker whose stamp is older than --timeout.

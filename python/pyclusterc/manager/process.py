@@ -47,6 +47,10 @@ class WorkerRecord:
         self.app_error = None  # (message, details) an app error it reported, if any
 
 
+# What the scoreboard holds once workers record responses (--metrics-bind).
+_LATENCY_FIELDS = ("latency_buckets", "latency_sum", "status_classes")
+
+
 def rss_of(pid):
     try:
         with open(f"/proc/{pid}/statm") as f:
@@ -203,7 +207,8 @@ class ProcessManager:
                             "state": record.state, "uptime": now - record.started,
                             "restarts": record.restarts, "requests": score.get("requests", 0),
                             "inflight": score.get("inflight", 0),
-                            "connections": score.get("connections", 0), "rss": rss_of(record.pid)})
+                            "connections": score.get("connections", 0), "rss": rss_of(record.pid),
+                            **{key: score[key] for key in _LATENCY_FIELDS if key in score}})
         s = self.settings
         return {"name": s.name, "pid": os.getpid(), "target": s.target, "interface": s.interface,
                 "sched": s.sched, "uptime": now - self.started, "instances": self.wanted,

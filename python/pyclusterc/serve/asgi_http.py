@@ -20,6 +20,7 @@ that both servers read requests the same way:
 import asyncio
 import collections
 import logging
+import time
 import urllib.parse
 
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -51,6 +52,7 @@ class Serving:
         self.in_progress = lambda: 0  # requests running in the whole worker
         self.extra_headers = b""
         self.draining = False
+        self.record = None       # (status, µs) per response into the scoreboard (metrics on)
         self.app = None          # the app for a request without X-Forwarded-* fields
         self.proxied_app = None  # the same behind uvicorn's ProxyHeadersMiddleware
         # Connections with a deadline (a head to complete, an idle keep-alive wait): one
@@ -104,6 +106,8 @@ class _Cycle(RequestResponseCycle):
     (uvicorn closes every HTTP/1.0 connection)."""
 
     http10_keep_alive = False
+    record = None      # Serving.record; then started: time.monotonic_ns() at the head
+    status_code = 0
 
     async def send(self, message):
         if self.flow.write_paused and not self.disconnected:
@@ -115,7 +119,7 @@ class _Cycle(RequestResponseCycle):
                 raise RuntimeError(f"Expected ASGI message 'http.response.start', but got '{message['type']}'.")
             self.response_started = True
             self.waiting_for_100_continue = False
-            status = message["status"]
+            self.status_code = status = message["status"]
             scope = self.scope
             if self.access_log:
                 self.access_logger.info('%s - "%s %s HTTP/%s" %d', get_client_addr(scope), scope["method"],
@@ -180,6 +184,8 @@ class _Cycle(RequestResponseCycle):
                     raise RuntimeError("Response content shorter than Content-Length")
                 self.response_complete = True
                 self.message_event.set()
+                if self.record is not None:
+                    self.record(self.status_code, (time.monotonic_ns() - self.started) // 1000)
                 if not self.keep_alive:
                     self.transport.close()
                 self.on_response()
@@ -398,6 +404,8 @@ class Protocol(HttpToolsProtocol):
             keep_alive, self.on_response_complete)
         if keep_alive and head.version == "1.0":
             cycle.http10_keep_alive = True
+        if serving.record is not None:
+            cycle.record, cycle.started = serving.record, time.monotonic_ns()
         if existing is None or existing.response_complete:
             self._start_asgi_task(cycle, app)
         else:

@@ -169,6 +169,7 @@ class WSGIServer:
         self.drain_grace = min(settings.keep_alive, max(0.1, (settings.kill_timeout or 1.0) / 2))
         self.hand_back = hooks.hand_back
         self.slot = hooks.slot
+        self.record = getattr(hooks, "record", None)  # (status, µs) per response, for metrics
         self.stopping = False
         self.inflight = 0
         self.finished = 0  # requests handled (progress, for the heartbeat)
@@ -275,9 +276,18 @@ class WSGIServer:
                 continue
             conn = _Connection(sock, peer, self.limits, now, now + self.header_timeout,
                                tls=self.ssl is not None, head_parser=self.head_parser)
-            self._hold(conn, conn.deadline)
             if conn.handshaking:
+                self._hold(conn, conn.deadline)
                 self._handshake(conn)
+            else:
+                # The request has usually arrived with the connection: read it now rather
+                # than after an epoll registration and a wake (its _arm comes if it has not).
+                self.held.add(conn)
+                try:
+                    self._readable(conn)
+                except Exception:  # noqa: BLE001 - one connection's fault ends it, not the worker
+                    traceback.print_exc()
+                    self._drop(conn)
 
     def _hold(self, conn, deadline):
         """The acceptor reads this connection from now on."""
@@ -498,7 +508,7 @@ class WSGIServer:
         slot = self.slot
         if slot is not None:
             slot.request_started()
-        started = time.monotonic() if self.access_log else 0.0
+        started = time.monotonic() if self.access_log or self.record else 0.0
         try:
             result = self.app(environ, response.start_response)
             try:
@@ -519,15 +529,26 @@ class WSGIServer:
             traceback.print_exc()
             if not response.headers_sent:
                 self._send_error(conn, 500)
+                response.status = "500"
             return False
         finally:
             if slot is not None:
                 slot.request_finished()
+            if self.record is not None:
+                self.record(_status_code(response.status), int((time.monotonic() - started) * 1e6))
             if request.body is not None:
                 request.body.close()
         if self.access_log:
             self.access_log.wsgi(environ, response.status, response.sent, time.monotonic() - started)
         return response.keep_alive
+
+
+def _status_code(status):
+    """200 from "200 OK" (0 if the app sent none that reads as one)."""
+    try:
+        return int(str(status)[:3])
+    except ValueError:
+        return 0
 
 
 class _Pool:
