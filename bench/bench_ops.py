@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""What logging every request costs: `pyclusterc run` with the access log on vs off,
-keep-alive req/s with wrk, side by side in one run.
+"""What logging and measuring every request cost: `pyclusterc run` plain (no access log,
+no metrics) beside the access log, the metrics (--metrics-bind: the request-duration
+histogram and status classes counted in the scoreboard) and both; keep-alive req/s with
+wrk, side by side in one run.
 
     python bench/bench_ops.py            # writes bench/results/ops.json, prints a table
     python bench/bench_ops.py --quick    # 2 s runs, one round, prints only
@@ -9,8 +11,8 @@ Same load for each: 2 workers, `wrk -t1 -c32` keep-alive, hello world (ASGI and 
 The cluster's output goes to a file in both modes, as a background app's does. Runs in
 rounds (default 3), each with the modes in a new shuffled order; the figure is the median
 of the per-round on/off ratios (the machine is small and shared: ratios within a round
-are steadier than absolute numbers). The issue's budget: the access log (and, later, the
-latency histogram) cost at most 5% of keep-alive req/s.
+are steadier than absolute numbers). The issue's budget: the access log and the latency
+histogram cost at most 5% of keep-alive req/s.
 """
 import argparse
 import datetime
@@ -32,13 +34,19 @@ from bench_serve import EXAMPLES, PY, free_port, wait_ready  # noqa: E402 - the 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+MODES = ("plain", "access log", "metrics", "access log + metrics")
+
+
 def modes(port):
     base = {"asgi": ["hello_asgi:app"], "wsgi": ["hello_wsgi:app"]}
     out = {}
     for kind, target in base.items():
         argv = [PY, "-m", "pyclusterc", "run", *target, "-i", "2", "-b", f"127.0.0.1:{port}"]
-        out[(kind, "access log off")] = argv
-        out[(kind, "access log on")] = argv + ["--access-log"]
+        metrics = ["--metrics-bind", f"127.0.0.1:{free_port()}"]
+        out[(kind, "plain")] = argv + ["--no-access-log"]
+        out[(kind, "access log")] = argv  # on by default
+        out[(kind, "metrics")] = argv + ["--no-access-log"] + metrics
+        out[(kind, "access log + metrics")] = argv + metrics
     return out
 
 
@@ -46,9 +54,10 @@ def wrk(port, seconds):
     argv = ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Socket errors: (.*)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "socket_errors": errors.group(1).strip() if errors else None,
+    return {"rps": rps, "requests": requests, "socket_errors": errors.group(1).strip() if errors else None,
             "non_2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
@@ -60,7 +69,12 @@ def measure(argv, port, seconds, log_dir):
     try:
         wait_ready(port, proc)
         wrk(port, 1)  # warm up
+        before = cluster_cpu_seconds(proc.pid)
         result = wrk(port, seconds)
+        used = cluster_cpu_seconds(proc.pid) - before
+        # CPU of the primary and its workers per request: steadier than req/s on a
+        # shared machine (time the host runs someone else is not counted).
+        result["cpu_us_per_request"] = round(used / max(1, result["requests"]) * 1e6, 2)
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -75,6 +89,21 @@ def measure(argv, port, seconds, log_dir):
         result["log_lines"] = sum(1 for _ in f)
     os.unlink(log_path)
     return result
+
+
+def cluster_cpu_seconds(pid):
+    """user + system CPU of a process and its children (the primary and its workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in [pid] + [int(c) for c in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True,
+                                                      text=True).stdout.split()]:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / ticks
 
 
 def main():
@@ -102,16 +131,25 @@ def main():
             per_round.append(results)
     summary = {}
     for kind in ("asgi", "wsgi"):
-        off = [r[(kind, "access log off")]["rps"] for r in per_round]
-        on = [r[(kind, "access log on")]["rps"] for r in per_round]
-        ratios = [a / b for a, b in zip(on, off)]
-        summary[kind] = {"off_rps": statistics.median(off), "on_rps": statistics.median(on),
-                         "on_over_off": round(statistics.median(ratios), 3),
-                         "cost_percent": round((1 - statistics.median(ratios)) * 100, 1)}
-    print(f"\n{'interface':<10} {'log off req/s':>14} {'log on req/s':>13} {'on/off':>7} {'cost':>6}")
+        plain = [r[(kind, "plain")]["rps"] for r in per_round]
+        summary[kind] = {"plain_rps": statistics.median(plain)}
+        for mode in MODES[1:]:
+            ratios = [r[(kind, mode)]["rps"] / r[(kind, "plain")]["rps"] for r in per_round]
+            cpu = [r[(kind, mode)]["cpu_us_per_request"] / r[(kind, "plain")]["cpu_us_per_request"]
+                   for r in per_round]
+            summary[kind][mode] = {"rps": statistics.median(r[(kind, mode)]["rps"] for r in per_round),
+                                   "cpu_per_request_over_plain": round(statistics.median(cpu), 3),
+                                   "cpu_per_round": [round(x, 3) for x in cpu],
+                                   "per_round": [round(x, 3) for x in ratios],
+                                   "over_plain": round(statistics.median(ratios), 3),
+                                   "cost_percent": round((1 - statistics.median(ratios)) * 100, 1)}
+    print(f"\n{'interface':<10} {'mode':<22} {'req/s':>8} {'÷ plain':>8} {'cost':>6} {'CPU/req ÷ plain':>16}  per round")
     for kind, s in summary.items():
-        print(f"{kind:<10} {s['off_rps']:>14.0f} {s['on_rps']:>13.0f} {s['on_over_off']:>7.3f} "
-              f"{s['cost_percent']:>5.1f}%")
+        print(f"{kind:<10} {'plain':<22} {s['plain_rps']:>8.0f}")
+        for mode in MODES[1:]:
+            m = s[mode]
+            print(f"{kind:<10} {mode:<22} {m['rps']:>8.0f} {m['over_plain']:>8.3f} {m['cost_percent']:>5.1f}% "
+                  f"{m['cpu_per_request_over_plain']:>16.3f}  {', '.join(f'{x:.2f}' for x in m['per_round'])}")
     if args.quick:
         return
     path = os.path.join(ROOT, "bench", "results", "ops.json")

@@ -7,6 +7,7 @@ latency under a mixed load, and worker memory.
     python bench/bench_serve.py --only mixed,memory --rounds 5
     python bench/bench_serve.py --only hello --base 85037b6 --servers pyclusterc --rounds 5
                                            # this tree beside the serving code of a commit
+                                           # (written to bench/results/serve_base.json)
 
 Each of hello and mixed runs in rounds (default 3): every server once per round, in a new
 shuffled order. Figures are medians over the rounds; the targets are ratios ours/peer
@@ -339,6 +340,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="2 s runs, one round, prints only")
     parser.add_argument("--rounds", type=int, default=3, help="runs of every server for hello and mixed (default 3)")
     parser.add_argument("--only", default="hello,mixed,memory", help="comma-separated: hello, mixed, memory")
+    parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run (default 5)")
     parser.add_argument("--base", metavar="REV", help="hello also runs the serving code of this commit "
                         "('pyclusterc base'), side by side with this tree's")
     parser.add_argument("--servers", metavar="TEXT", help="hello: only servers whose name contains TEXT")
@@ -350,11 +352,13 @@ def main():
     parts = set(args.only.split(","))
     if shutil.which("wrk") is None:
         sys.exit("bench_serve: wrk is not installed (apt-get install wrk)")
-    seconds = 2 if args.quick else 5
+    seconds = 2 if args.quick else args.seconds
     rounds = 1 if args.quick else max(1, args.rounds)
-    path = os.path.join(ROOT, "bench", "results", "serve.json")
+    # A comparison with an older serve/ has a file of its own: the peer tables stay as
+    # they were measured.
+    path = os.path.join(ROOT, "bench", "results", "serve_base.json" if args.base else "serve.json")
     record = {}
-    if os.path.exists(path):
+    if os.path.exists(path) and not args.base:
         with open(path) as f:
             record = json.load(f)
     results = record.get("results", {})
@@ -393,7 +397,8 @@ def main():
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             json.dump(record, f, indent=2)
-        chart(results, os.path.join(ROOT, "bench", "results", "serve.png"))
+        if not args.base:
+            chart(results, os.path.join(ROOT, "bench", "results", "serve.png"))
 
 
 def tables(results):

@@ -176,3 +176,27 @@ def test_log_files_json_and_usr1_reopen(runtime, tmp_path):
         assert any("/before" in r["message"] for r in old) and not any("/before" in r["message"] for r in new)
         assert any("/after" in r["message"] and isinstance(r["worker"], int) for r in new)
         assert cli.proc.poll() is None  # USR1 did not kill the primary
+
+
+@pytest.mark.parametrize("target", ["plain_wsgi:app", "managed_asgi:app"])
+def test_access_log_on_by_default_and_every_line_kept(runtime, target):
+    """`run` logs every request by default (batched in the worker: no line may be lost,
+    the last ones included when the cluster stops), and --no-access-log turns it off."""
+    import http.client
+    for extra, expected in (((), 60), (("--no-access-log",), 0)):
+        with serve(runtime, *extra, target=target) as cli:
+            cli.wait_line("ready, 2 workers")
+            for _ in range(3):  # keep-alive clients, back to back
+                conn = http.client.HTTPConnection("127.0.0.1", cli.port, timeout=10)
+                for i in range(20):
+                    conn.request("GET", f"/logged?i={i}")
+                    response = conn.getresponse()
+                    response.read()
+                    assert response.status == 200
+                conn.close()
+            cli.proc.send_signal(signal.SIGTERM)
+            assert cli.finish(30) == 0
+            lines = [line for line in cli.stdout if '"GET /logged HTTP/1.1" 200' in line]
+            assert len(lines) == expected, cli.stdout[-10:]
+            # Each line has the relay's stamp and the worker id in front.
+            assert all(re.match(r"\S+ \[[01]\] 127\.0\.0\.1 - ", line) for line in lines)

@@ -127,7 +127,8 @@ class FeedListener:
 
 def settings_for(overrides, threads=None):
     values = {option.name: option.default for option in serve_options.OPTIONS}
-    values.update(kill_timeout=2.0, threads=threads)
+    # No access log unless a test asks: nothing reads this child's stdout after READY.
+    values.update(kill_timeout=2.0, threads=threads, access_log=False)
     values.update(overrides)
     if values.get("header"):
         values["header"] = tuple(tuple(h) for h in values["header"])

@@ -32,7 +32,7 @@ def run(app, listeners, settings, hooks):
     config = uvicorn.Config(
         app, lifespan="auto", interface="auto", http="httptools",
         log_level=settings.log_level,
-        access_log=settings.access_log or bool(settings.access_log_format),
+        access_log=False,  # ours (serve.responses.AccessLog), written in batches
         proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=settings.kill_timeout,
         timeout_keep_alive=settings.keep_alive,
@@ -42,8 +42,6 @@ def run(app, listeners, settings, hooks):
         headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in server_headers(settings)],
         loop="auto")
     config.load()
-    if settings.access_log_format:
-        asgi_http.use_access_log_format(settings.access_log_format)
     slot = hooks.slot
     wrap = None
     if slot is not None and hooks.live_counts:
@@ -164,6 +162,7 @@ async def _serve(config, listeners, settings, loops, index):
     serving.in_progress = loops.requests_in_progress
     serving.app, serving.proxied_app = loops.apps
     serving.record = loops.record
+    serving.timed = serving.timed or serving.record is not None
     serving.extra_headers = b"".join(b"%s: %s\r\n" % pair for pair in server_headers(settings))
 
     def stop():
@@ -195,6 +194,8 @@ async def _serve(config, listeners, settings, loops, index):
         for listener in listeners:
             listener.close()
     await server.shutdown()
+    if serving.access is not None:
+        serving.access.flush()  # the last requests' lines
     return 0
 
 
@@ -213,6 +214,8 @@ async def _sweep_deadlines(serving):
     while True:
         await asyncio.sleep(0.25)
         serving.sweep(loop.time())
+        if serving.access is not None:
+            serving.access.flush()
 
 
 async def _accept_loop(listener, create_protocol, batch):

@@ -19,7 +19,6 @@ that both servers read requests the same way:
 """
 import asyncio
 import collections
-import logging
 import time
 import urllib.parse
 
@@ -27,7 +26,6 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavailable
 from uvicorn.protocols.http.httptools_impl import (HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol,
                                                    RequestResponseCycle)
-from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from . import http1
 from .responses import AccessLog, error_response, unread_bytes
@@ -53,6 +51,8 @@ class Serving:
         self.extra_headers = b""
         self.draining = False
         self.record = None       # (status, µs) per response into the scoreboard (metrics on)
+        self.access = AccessLog.from_settings(settings)  # the access log, or None
+        self.timed = self.access is not None
         self.app = None          # the app for a request without X-Forwarded-* fields
         self.proxied_app = None  # the same behind uvicorn's ProxyHeadersMiddleware
         # Connections with a deadline (a head to complete, an idle keep-alive wait): one
@@ -106,8 +106,12 @@ class _Cycle(RequestResponseCycle):
     (uvicorn closes every HTTP/1.0 connection)."""
 
     http10_keep_alive = False
-    record = None      # Serving.record; then started: time.monotonic_ns() at the head
+    # Serving.record and Serving.access; with either, started: time.monotonic_ns() at the head.
+    record = None
+    access = None
+    started = 0
     status_code = 0
+    sent = 0
 
     async def send(self, message):
         if self.flow.write_paused and not self.disconnected:
@@ -121,9 +125,6 @@ class _Cycle(RequestResponseCycle):
             self.waiting_for_100_continue = False
             self.status_code = status = message["status"]
             scope = self.scope
-            if self.access_log:
-                self.access_logger.info('%s - "%s %s HTTP/%s" %d', get_client_addr(scope), scope["method"],
-                                        get_path_with_query_string(scope), scope["http_version"], status)
             defaults = self.default_headers
             content = [STATUS_LINE[status], defaults.block]
             overridden = None
@@ -179,13 +180,18 @@ class _Cycle(RequestResponseCycle):
                     raise RuntimeError("Response content longer than Content-Length")
                 self.expected_content_length -= len(body)
                 self.transport.write(body)
+            self.sent += len(body)
             if not more_body:
                 if self.expected_content_length != 0:
                     raise RuntimeError("Response content shorter than Content-Length")
                 self.response_complete = True
                 self.message_event.set()
-                if self.record is not None:
-                    self.record(self.status_code, (time.monotonic_ns() - self.started) // 1000)
+                if self.started:
+                    elapsed_ns = time.monotonic_ns() - self.started
+                    if self.record is not None:
+                        self.record(self.status_code, elapsed_ns // 1000)
+                    if self.access is not None:
+                        self.access.asgi(self.scope, self.status_code, self.sent, elapsed_ns / 1e9)
                 if not self.keep_alive:
                     self.transport.close()
                 self.on_response()
@@ -404,8 +410,8 @@ class Protocol(HttpToolsProtocol):
             keep_alive, self.on_response_complete)
         if keep_alive and head.version == "1.0":
             cycle.http10_keep_alive = True
-        if serving.record is not None:
-            cycle.record, cycle.started = serving.record, time.monotonic_ns()
+        if serving.timed:
+            cycle.record, cycle.access, cycle.started = serving.record, serving.access, time.monotonic_ns()
         if existing is None or existing.response_complete:
             self._start_asgi_task(cycle, app)
         else:
@@ -470,28 +476,3 @@ class Protocol(HttpToolsProtocol):
         cycle = self.cycle
         if (cycle is None or cycle.response_complete) and self.reader.idle and not self.pipeline:
             self.transport.close()
-
-
-class _AccessFormatter(logging.Formatter):
-    """uvicorn's access record (client, method, path?query, version, status) through
-    --access-log-format; sizes and durations are not in the record: '-'."""
-
-    def __init__(self, fmt):
-        super().__init__()
-        self.log = AccessLog(fmt)
-
-    def format(self, record):
-        try:
-            client, method, target, version, status = record.args
-        except (TypeError, ValueError):
-            return super().format(record)
-        path, _, query = str(target).partition("?")
-        return self.log.line(client.rpartition(":")[0] or client, method, path, query,
-                             f"HTTP/{version}", status, "-", 0.0, {})
-
-
-def use_access_log_format(fmt):
-    """Format uvicorn's access log lines with gunicorn's atoms."""
-    formatter = _AccessFormatter(fmt)
-    for handler in logging.getLogger("uvicorn.access").handlers:
-        handler.setFormatter(formatter)

@@ -54,7 +54,9 @@ OPTIONS = (
            "loops, each with its own lifespan (default 1)", parse=positive_int, metavar="N",
            file_types=(int,)),
     Option("log_level", "info", "default info", parse=choice(*LOG_LEVELS), metavar="LEVEL"),
-    Option("access_log", False, "log every request"),
+    Option("access_log", True, "log every request (default on; --no-access-log turns it off; "
+           "off too with --log-level warning or above, unless --access-log-format is given)",
+           negatable=True),
     Option("access_log_format", None,
            "access log line with gunicorn's atoms, e.g. '%%(h)s \"%%(r)s\" %%(s)s %%(b)s %%(L)s' "
            "(implies --access-log)", parse=text, metavar="FORMAT", group=_SERVING),

@@ -3,7 +3,9 @@
 import fcntl
 import os
 import struct
+import sys
 import termios
+import threading
 import time
 from email.utils import formatdate
 
@@ -55,21 +57,38 @@ class _Atoms(dict):
 
 
 class AccessLog:
-    """One line per request, gunicorn's atoms (``%(h)s %(r)s %(s)s ...``); without a
-    format, the line pyclusterc always printed."""
+    """One line per request in gunicorn's atoms (``%(h)s %(r)s %(s)s ...``), the same for
+    both servers; without a format, the line pyclusterc always printed.
+
+    Lines are kept and written together (``flush``: the server calls it a few times a
+    second and when it stops), one write for many requests rather than one each; the
+    primary's relay stamps them with the time and the worker id."""
 
     DEFAULT = '%(h)s - "%(m)s %(U)s %(H)s" %(S)s'
+    _BATCH = 256  # lines kept at most between two flushes
 
-    def __init__(self, fmt):
+    def __init__(self, fmt, write=None):
         self.fmt = fmt or self.DEFAULT
+        self.plain = self.fmt == self.DEFAULT
+        # Request headers are looked at only by formats that print some.
+        self.needs_headers = any(atom in self.fmt for atom in ("%(a)", "%(f)", "}i)"))
+        self.write = write or _write_stdout
+        self.pending = []
+        self.lock = threading.Lock()  # WSGI: pool threads add, the acceptor flushes
 
     @classmethod
     def from_settings(cls, settings):
-        if settings.access_log_format or settings.access_log:
+        """None when off: --no-access-log, or --log-level above info without an
+        explicit --access-log-format (as uvicorn's access logger)."""
+        if settings.access_log_format:
             return cls(settings.access_log_format)
+        if settings.access_log and str(getattr(settings, "log_level", "info")).lower() in ("info", "debug", "trace"):
+            return cls(None)
         return None
 
     def line(self, client, method, path, query, protocol, status, sent, seconds, headers):
+        if self.plain:
+            return f'{client} - "{method} {path} {protocol}" {str(status)[:3]}'
         atoms = _Atoms(
             h=client, l="-", u="-", m=method, U=path, q=query, H=protocol,
             r=f"{method} {path}{'?' + query if query else ''} {protocol}",
@@ -85,12 +104,45 @@ class AccessLog:
         except (TypeError, ValueError, KeyError):
             return self.DEFAULT % atoms
 
+    def add(self, line):
+        with self.lock:
+            self.pending.append(line)
+            full = len(self.pending) >= self._BATCH
+        if full:
+            self.flush()
+
+    def flush(self):
+        with self.lock:
+            lines, self.pending = self.pending, []
+        if lines:
+            self.write("\n".join(lines) + "\n")
+
     def wsgi(self, environ, status, sent, seconds):
-        headers = {key[5:].lower().replace("_", "-"): value for key, value in environ.items()
-                   if key.startswith("HTTP_")}
-        print(self.line(environ["REMOTE_ADDR"], environ["REQUEST_METHOD"],
-                        environ["SCRIPT_NAME"] + environ["PATH_INFO"], environ["QUERY_STRING"],
-                        environ["SERVER_PROTOCOL"], status, sent, seconds, headers), flush=True)
+        headers = {}
+        if self.needs_headers:
+            headers = {key[5:].lower().replace("_", "-"): value for key, value in environ.items()
+                       if key.startswith("HTTP_")}
+        self.add(self.line(environ["REMOTE_ADDR"], environ["REQUEST_METHOD"],
+                           environ["SCRIPT_NAME"] + environ["PATH_INFO"], environ["QUERY_STRING"],
+                           environ["SERVER_PROTOCOL"], status, sent, seconds, headers))
+
+    def asgi(self, scope, status, sent, seconds):
+        headers = {}
+        if self.needs_headers:
+            headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        client = scope.get("client")
+        self.add(self.line(client[0] if client else "-", scope["method"], scope["path"],
+                           scope["query_string"].decode("latin-1"), f"HTTP/{scope['http_version']}",
+                           status, sent, seconds, headers))
+
+
+def _write_stdout(text):
+    # The worker's stdout is its pipe to the primary's relay; an app's own prints share it.
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def unread_bytes(fd):

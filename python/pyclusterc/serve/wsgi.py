@@ -244,12 +244,16 @@ class WSGIServer:
                 if now >= next_sweep:
                     next_sweep = now + _SWEEP_SECONDS
                     self._sweep(now)
+                    if self.access_log is not None:
+                        self.access_log.flush()
                 if self.stopping and not self.held and self.returned.empty():
                     with self.lock:
                         if self.inflight == 0 and self.returned.empty():
                             break
         finally:
             self.pool.shutdown()
+            if self.access_log is not None:
+                self.access_log.flush()  # the last requests' lines
             for conn in list(self.held):
                 conn.close()
             ep.close()
