@@ -329,7 +329,9 @@ class Protocol(HttpToolsProtocol):
 
     def close_lingering(self):
         """A cycle ends the connection after its response."""
-        if self.reader.buffer or self._bytes_waiting():
+        head = self.reader.head
+        # A client that said it closes sends nothing more: what it sent is in the buffer.
+        if self.reader.buffer or (not (head is not None and head.client_closes) and self._bytes_waiting()):
             self._linger()
         else:
             self.transport.close()

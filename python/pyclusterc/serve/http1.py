@@ -62,6 +62,7 @@ class Head:
     content_length = None
     chunked = False
     forwarded = False  # has X-Forwarded-For or -Proto (a proxy may have set them)
+    client_closes = False
     # A coded body (gzip) the app must decode: the next request's framing would rest
     # on it being right (gunicorn closes after it too).
     keep_alive_forced_off = False
@@ -273,6 +274,7 @@ def _check(head, fields, upgrade):
         _check_transfer_coding(head, fields.te, fields.length)
     head.content_length = fields.length
     head.keep_alive = fields.keep_alive and not head.keep_alive_forced_off
+    head.client_closes = not fields.keep_alive  # Connection: close, or HTTP/1.0 without keep-alive
     if upgrade and head.method != "CONNECT":
         head.upgrade = True
     target = head.target

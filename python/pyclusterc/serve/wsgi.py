@@ -139,7 +139,12 @@ class _Connection:
         and the client may lose the response): unparsed bytes, or more already here."""
         if self.tls:
             return False
-        return bool(self.reader.buffer) or self.error is not None or unread_bytes(self.fd) > 0
+        if self.reader.buffer or self.error is not None:
+            return True
+        # A client that said it closes sends nothing more (what it sent with the request
+        # is in the buffer): no FIONREAD for it, one syscall less per such connection.
+        head = self.reader.head
+        return not (head is not None and head.client_closes) and unread_bytes(self.fd) > 0
 
     def close(self):
         if not self.closed:
