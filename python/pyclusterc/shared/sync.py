@@ -60,7 +60,9 @@ class OwnerDied(RuntimeError):
 # Keyed by the memory, not the SharedBuffer object: two SharedBuffers received for
 # one region are the same bytes.
 _placements = {}
-_placements_lock = threading.Lock()
+# Reentrant: an allocation inside _claim can start a garbage collection that frees a dead
+# primitive, whose weakref callback (_release) then runs on this thread, inside _claim.
+_placements_lock = threading.RLock()
 
 
 def _memory_key(buffer):
@@ -77,14 +79,16 @@ def _claim(obj, buffer, start, end, reuse):
         for (s, e), ref in list(ranges.items()):
             other = ref()
             if other is None:
-                del ranges[(s, e)]
+                ranges.pop((s, e), None)  # (a _release run meanwhile may have taken it)
             elif s < end and start < e:
                 if reuse and (s, e) == (start, end) and type(other) is type(obj):
                     return other
                 raise ValueError(f"{type(obj).__name__} at bytes {start}..{end - 1} of this SharedBuffer "
                                  f"overlaps the {type(other).__name__} at bytes {s}..{e - 1}: "
                                  "place each primitive on bytes of its own (BYTES tells how many)")
-        ranges[(start, end)] = weakref.ref(obj, lambda _ref, k=key, r=(start, end): _release(k, r, _ref))
+        ref = weakref.ref(obj, lambda _ref, k=key, r=(start, end): _release(k, r, _ref))
+        # Looked up again: a _release run by a collection above may have dropped the dict.
+        _placements.setdefault(key, {})[(start, end)] = ref
     return obj
 
 
