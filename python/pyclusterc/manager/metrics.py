@@ -42,6 +42,7 @@ import threading
 from prometheus_client import CollectorRegistry, generate_latest
 
 from .._lowlevel.options import Option
+from .._lowlevel.wakeup import WakeupPipe
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 __all__ = ["OPTIONS", "ClusterCollector", "MetricsServer", "MetricsError", "LoopBridge", "loop_snapshot", "parse_bind",
@@ -94,42 +95,31 @@ class LoopBridge:
     called on the loop thread)."""
 
     def __init__(self, watch):
-        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wakeup = WakeupPipe()
         self._lock = threading.Lock()
         self._queue = []
-        self.token = watch(self._read, self._run)
+        self.token = watch(self._wakeup.fileno(), self._run)
 
     def call_soon_threadsafe(self, callback):
         with self._lock:
             self._queue.append(callback)
-        try:
-            os.write(self._write, b"x")
-        except BlockingIOError:  # the pipe is full: the loop is already due to wake
-            pass
+        self._wakeup.wake()
 
     def _run(self):
-        try:
-            while os.read(self._read, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        self._wakeup.drain()
         with self._lock:
             callbacks, self._queue = self._queue, []
         for callback in callbacks:
             callback()
 
     def fds(self):
-        return [self._read, self._write]
+        return [self._wakeup.read_fd, self._wakeup.write_fd]
 
     def close(self, unwatch=None):
         if unwatch is not None and self.token is not None:
             unwatch(self.token)
             self.token = None
-        for fd in self.fds():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._wakeup.close()
 
 
 def loop_snapshot(call_soon_threadsafe, status, timeout=2.0):

@@ -31,6 +31,7 @@ import traceback
 
 from . import http1
 from .options import ssl_context, with_defaults
+from .._lowlevel.wakeup import WakeupPipe
 from .responses import AccessLog, Date, error_response, server_headers, unread_bytes
 from .wsgi_app import Response, build_environ
 
@@ -181,7 +182,7 @@ class WSGIServer:
         self.heartbeat = hooks.heartbeat
         self.lock = threading.Lock()
         self.returned = queue.SimpleQueue()
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wakeup = WakeupPipe()
         self.date = Date()
         first = listeners[0].address if listeners else ("", 0)
         if isinstance(first, tuple):
@@ -195,10 +196,7 @@ class WSGIServer:
         self._wake()
 
     def _wake(self):
-        try:
-            os.write(self.wake_w, b"x")
-        except BlockingIOError:
-            pass
+        self.wakeup.wake()
 
     # -- the acceptor (main thread) ---------------------------------------------
     def serve(self):
@@ -208,8 +206,8 @@ class WSGIServer:
         self.ep = ep = select.epoll()
         self.fds = fds = {}  # fd -> _Connection, listener, or _WAKE
         self.held = set()    # connections the acceptor reads
-        ep.register(self.wake_r, select.EPOLLIN)
-        fds[self.wake_r] = _WAKE
+        ep.register(self.wakeup.fileno(), select.EPOLLIN)
+        fds[self.wakeup.fileno()] = _WAKE
         for listener in self.listeners:
             ep.register(listener.fileno(), select.EPOLLIN)
             fds[listener.fileno()] = listener
@@ -222,7 +220,7 @@ class WSGIServer:
                 for fd, _ in ep.poll(_SWEEP_SECONDS):
                     data = fds.get(fd)
                     if data is _WAKE:
-                        self._drain_wake()
+                        self.wakeup.drain()
                     elif isinstance(data, _Connection):
                         try:
                             self._readable(data)
@@ -262,8 +260,7 @@ class WSGIServer:
             for conn in list(self.held):
                 conn.close()
             ep.close()
-            os.close(self.wake_r)
-            os.close(self.wake_w)
+            self.wakeup.close()
         return 0
 
     def _accept_all(self, listener):
@@ -462,13 +459,6 @@ class WSGIServer:
                 pass
             listener.close()
         self.listeners = []
-
-    def _drain_wake(self):
-        try:
-            while os.read(self.wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
 
     # -- a pool thread: the requests read so far on one connection ------------------
     def _handle(self, conn):
