@@ -158,11 +158,9 @@ async def _serve(config, listeners, settings, loops, index):
     loops.add_state(server.server_state)
     loops.started()
     loop = asyncio.get_running_loop()
-    serving = asgi_http.Serving(settings, loops.hand_back, Date())
+    serving = asgi_http.Serving(settings, loops.hand_back, Date(), loops.record)
     serving.in_progress = loops.requests_in_progress
     serving.app, serving.proxied_app = loops.apps
-    serving.record = loops.record
-    serving.timed = serving.timed or serving.record is not None
     serving.extra_headers = b"".join(b"%s: %s\r\n" % pair for pair in server_headers(settings))
 
     def stop():

@@ -38,7 +38,7 @@ class Serving:
     """What every connection of one event loop shares: the limits, the apps, the hooks
     and the state of the drain."""
 
-    def __init__(self, settings, hand_back, date):
+    def __init__(self, settings, hand_back, date, record=None):
         self.limits = http1.Limits.from_settings(settings)
         self.head_parser = http1.HeadParser()  # one per loop: heads parse whole, at once
         self.header_timeout = settings.header_timeout or None
@@ -50,9 +50,9 @@ class Serving:
         self.in_progress = lambda: 0  # requests running in the whole worker
         self.extra_headers = b""
         self.draining = False
-        self.record = None       # (status, µs) per response into the scoreboard (metrics on)
+        self.record = record     # (status, µs) per response into the scoreboard (metrics on)
         self.access = AccessLog.from_settings(settings)  # the access log, or None
-        self.timed = self.access is not None
+        self.timed = self.access is not None or record is not None
         self.app = None          # the app for a request without X-Forwarded-* fields
         self.proxied_app = None  # the same behind uvicorn's ProxyHeadersMiddleware
         # Connections with a deadline (a head to complete, an idle keep-alive wait): one
