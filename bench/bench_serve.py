@@ -76,8 +76,9 @@ BASE_PATH = None  # --base: a copy of the installed package with the base commit
 
 def make_base(rev):
     """The installed pyclusterc with python/pyclusterc/serve/ as it was at ``rev`` (from
-    git, this checkout): the old serving code runs on the same C core, CLI and manager
-    (the serving seam is run(app, listeners, settings, hooks) on both sides)."""
+    git, this checkout), but for serve/options.py: the old serving code runs on the same
+    C core, CLI, manager and option declarations (the serving seam is
+    run(app, listeners, settings, hooks) on both sides)."""
     import tempfile
     import pyclusterc
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", rev], capture_output=True,
@@ -91,6 +92,10 @@ def make_base(rev):
         archive = subprocess.run(["git", "-C", ROOT, "archive", commit, "python/pyclusterc/serve"],
                                  capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", package, "--strip-components=2"], input=archive, check=True)
+        # The option declarations are the CLI's and manager's, not the serving hot path:
+        # keep this tree's, so today's CLI finds what it calls (check, factories).
+        shutil.copy(os.path.join(os.path.dirname(pyclusterc.__file__), "serve", "options.py"),
+                    os.path.join(package, "serve", "options.py"))
     return base, commit
 
 

@@ -8,6 +8,7 @@ Prints READY once ``hooks.ready()`` ran; SIGTERM makes it drain and exit."""
 import argparse
 import asyncio
 import collections
+import gc
 import json
 import os
 import select
@@ -181,7 +182,18 @@ def main():
             channel.close()
         return True
 
-    hooks = types.SimpleNamespace(on_stop=on_stop, ready=lambda: print("READY", flush=True),
+    # PYCLUSTERC_TEST_GC_REPORT=1: print how many objects the cyclic GC freed while
+    # serving (test_garbage.py: a closed connection must be freed by refcount alone).
+    gc_report = os.environ.get("PYCLUSTERC_TEST_GC_REPORT") == "1"
+    collected_at_ready = []
+
+    def ready():
+        if gc_report:
+            gc.collect()
+            collected_at_ready.append(sum(gen["collected"] for gen in gc.get_stats()))
+        print("READY", flush=True)
+
+    hooks = types.SimpleNamespace(on_stop=on_stop, ready=ready,
                                   heartbeat=lambda stamp=None: None, slot=None, live_counts=False,
                                   hand_back=hand_back)
     if args.interface == "wsgi":
@@ -190,6 +202,10 @@ def main():
     else:
         from pyclusterc.serve import asgi
         code = asgi.run(app, [listener], settings, hooks)
+    if gc_report:
+        gc.collect()
+        freed = sum(gen["collected"] for gen in gc.get_stats()) - collected_at_ready[0]
+        print(f"GC {freed}")
     sys.stdout.flush()
     os._exit(code)
 

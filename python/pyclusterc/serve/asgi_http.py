@@ -210,7 +210,14 @@ class _LingeringTransport:
         self.get_extra_info = transport.get_extra_info
 
     def close(self):
-        self._protocol.close_lingering()
+        if self._protocol is not None:
+            self._protocol.close_lingering()
+        else:
+            self._transport.close()
+
+    def release(self):
+        """The connection is gone: drop the protocol (no cycle left for the GC)."""
+        self._protocol = None
 
 
 # What uvicorn's __init__ sets that every connection of a loop may share: the config,
@@ -275,6 +282,14 @@ class Protocol(HttpToolsProtocol):
     def connection_lost(self, exc):
         self._clear_deadline()
         super().connection_lost(exc)
+        # Break the connection's reference cycles (reader -> protocol, lingering
+        # transport -> protocol) as uvicorn does for its parser: freed at once, instead
+        # of ~27 objects per connection left to the cyclic GC.
+        self.reader.release()
+        cycle = self.cycle
+        if cycle is not None and isinstance(cycle.transport, _LingeringTransport):
+            cycle.transport.release()
+        self.pipeline.clear()  # requests queued behind one in progress: no one to answer
 
     def eof_received(self):
         if self.lingering:

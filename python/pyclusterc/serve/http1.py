@@ -359,6 +359,11 @@ class RequestReader:
         self.head = None
         self.parser = parser or HeadParser()
 
+    def release(self):
+        """The connection is closed: drop the handler, which refers back to this reader,
+        so the pair is freed at once rather than by the cyclic GC."""
+        self.handler = None
+
     @property
     def idle(self):
         """No request in progress and nothing buffered: safe to close or hand back."""

@@ -150,6 +150,7 @@ class _Connection:
     def close(self):
         if not self.closed:
             self.closed = True
+            self.reader.release()
             try:
                 self.sock.close()
             except OSError:
