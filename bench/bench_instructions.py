@@ -40,10 +40,19 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 REQUEST_CLOSE = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 
-def server_argv(kind, sock):
+# What each --variants name turns on: (settings, environment) for tests/serve/direct.py.
+VARIANTS = {
+    "plain": ({}, {}),
+    "access log": ({"access_log": True, "log_level": "info"}, {}),
+    "metrics": ({}, {"PYCLUSTERC_TEST_RECORD": "1"}),  # a scoreboard slot records each response
+}
+
+
+def server_argv(kind, sock, variant):
     # As `pyclusterc run` runs them: WSGI with 8 request threads, ASGI with one loop.
     threads = ["--threads", "8"] if kind == "wsgi" else []
-    return [PY, DIRECT, kind, f"hello_{kind}:app", "--fd", str(sock.fileno()), *threads]
+    return [PY, DIRECT, kind, f"hello_{kind}:app", "--fd", str(sock.fileno()), *threads,
+            "--settings", json.dumps(VARIANTS[variant][0])]
 
 
 def read_response(conn, buffer):
@@ -67,14 +76,15 @@ def read_response(conn, buffer):
 
 def drive(port, requests, mode):
     if mode == "keepalive":
-        with socket.create_connection(("127.0.0.1", port)) as conn:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
             left = b""
             for _ in range(requests):
                 conn.sendall(REQUEST)
                 left = read_response(conn, left)
         return
     for _ in range(requests):
-        with socket.create_connection(("127.0.0.1", port)) as conn:
+        # A timeout: the listening socket is ours, so a dead server still accepts.
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
             conn.sendall(REQUEST_CLOSE)
             read_response(conn, b"")
             while conn.recv(65536):  # the server closes: wait for it, as wrk does
@@ -94,7 +104,7 @@ def wait_serving(port, proc, timeout=120):
     raise RuntimeError("server did not answer")
 
 
-def count(kind, name, mode, requests, base_path):
+def count(kind, name, mode, requests, base_path, variant="plain"):
     """Instructions of one server process that served `requests` requests (+1 probe)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -103,11 +113,12 @@ def count(kind, name, mode, requests, base_path):
     port = sock.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cachegrind.out")
-        env = dict(os.environ)
+        # A fixed hash seed: dict and set layouts, so instruction counts, repeat run to run.
+        env = {**os.environ, "PYTHONHASHSEED": "0", **VARIANTS[variant][1]}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (base_path if name == "pyclusterc base" else None,
                                                         bench_serve.EXAMPLES) if p)
         argv = ["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}",
-                *server_argv(kind, sock)]
+                *server_argv(kind, sock, variant)]
         proc = subprocess.Popen(argv, cwd=bench_serve.EXAMPLES, pass_fds=[sock.fileno()], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
@@ -133,6 +144,8 @@ def main():
     parser.add_argument("--base", metavar="REV", help="also count the serving code of this commit")
     parser.add_argument("--only", default="asgi,wsgi", help="asgi, wsgi or both (comma-separated)")
     parser.add_argument("--modes", default="keepalive,close")
+    parser.add_argument("--variants", default="plain", help=f"comma-separated, of: {', '.join(VARIANTS)} "
+                        "(the access log goes to /dev/null: its relay by the primary is not counted)")
     parser.add_argument("--requests", default="500,2000", help="N1,N2 (default 500,2000)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
@@ -144,18 +157,21 @@ def main():
             if name == "pyclusterc base" and not base_path:
                 continue
             for mode in args.modes.split(","):
-                first = count(kind, name, mode, low, base_path)
-                second = count(kind, name, mode, high, base_path)
-                per_request = (second - first) / (high - low)
-                rows.append({"app": kind, "server": name, "mode": mode, "instructions_per_request": round(per_request)})
-                print(f"{kind} {name} {mode}: {per_request:,.0f} instructions per request", file=sys.stderr)
-    print("| app | server | mode | instructions per request | ÷ pyclusterc |")
-    print("|---|---|---|---:|---:|")
+                for variant in args.variants.split(","):
+                    first = count(kind, name, mode, low, base_path, variant)
+                    second = count(kind, name, mode, high, base_path, variant)
+                    per_request = (second - first) / (high - low)
+                    rows.append({"app": kind, "server": name, "mode": mode, "variant": variant,
+                                 "instructions_per_request": round(per_request)})
+                    print(f"{kind} {name} {mode} {variant}: {per_request:,.0f} instructions per request",
+                          file=sys.stderr)
+    print("| app | server | mode | variant | instructions per request | ÷ pyclusterc plain |")
+    print("|---|---|---|---|---:|---:|")
     for row in rows:
         ours = next(r for r in rows if r["app"] == row["app"] and r["mode"] == row["mode"]
-                    and r["server"] == "pyclusterc")
-        print(f"| {row['app']} | {row['server']} | {row['mode']} | {row['instructions_per_request']:,} "
-              f"| {row['instructions_per_request'] / ours['instructions_per_request']:.2f} |")
+                    and r["server"] == "pyclusterc" and r["variant"] == "plain")
+        print(f"| {row['app']} | {row['server']} | {row['mode']} | {row['variant']} | "
+              f"{row['instructions_per_request']:,} | {row['instructions_per_request'] / ours['instructions_per_request']:.2f} |")
     if not args.no_write:
         path = os.path.join(ROOT, "bench", "results", "instructions.json")
         commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,

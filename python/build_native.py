@@ -25,7 +25,7 @@ _HOLD_GIL = re.compile(
     r"|pc_mutex_trylock|pc_mutex_unlock|pc_notify|pc_score_record|pc_score_bucket_bound_us")
 _GIL_RELEASE = re.compile(
     r"  Py_BEGIN_ALLOW_THREADS\n  _cffi_restore_errno\(\);\n"
-    r"  \{ (result = (\w+)\(.*?\);) \}\n  _cffi_save_errno\(\);\n  Py_END_ALLOW_THREADS\n")
+    r"  \{ ((?:result = )?(\w+)\(.*?\);) \}\n  _cffi_save_errno\(\);\n  Py_END_ALLOW_THREADS\n")
 
 
 def keep_gil_for_atomics(source):

@@ -183,13 +183,13 @@ def test_bad_input_is_one_line(tmp_path):
 @pytest.mark.parametrize("settings", [{}, {"log_time": False}, {"log_format": "json"}, {"log_max_size": "1M"}],
                          ids=["text", "no-time", "json", "rotating"])
 def test_a_batch_of_worker_lines_reads_as_the_same_lines_one_by_one(tmp_path, sinks, settings):
-    """worker_lines (the relay's batched path, direct for plain text) writes exactly what
+    """worker_chunk (the relay's batched path, direct for plain text) writes exactly what
     worker_line writes for each line."""
     settings = {**settings, "log_file": str(tmp_path / "batch.log")}
     one = {**settings, "log_file": str(tmp_path / "one.log")}
-    lines = [b"GET / 200", b"caf\xc3\xa9 \xff", b"trailing\r"]
+    lines = [b"GET / 200", b"caf\xc3\xa9 \xff", b"trailing\r", b"", b"last"]
     batch = sinks(settings=settings)
-    batch.worker_lines(2, "stdout", lines)
+    batch.worker_chunk(2, "stdout", b"\n".join(lines))
     batch.close()
     single = sinks(settings=one)
     for line in lines:
@@ -199,4 +199,4 @@ def test_a_batch_of_worker_lines_reads_as_the_same_lines_one_by_one(tmp_path, si
     def normal(text):  # times differ between the two
         return re.sub(STAMP, "T", text)
     assert [normal(x) for x in read(tmp_path / "batch.log")] == [normal(x) for x in read(tmp_path / "one.log")]
-    assert len(read(tmp_path / "batch.log")) == 3
+    assert len(read(tmp_path / "batch.log")) == 5

@@ -196,6 +196,11 @@ def main():
     hooks = types.SimpleNamespace(on_stop=on_stop, ready=ready,
                                   heartbeat=lambda stamp=None: None, slot=None, live_counts=False,
                                   hand_back=hand_back)
+    if os.environ.get("PYCLUSTERC_TEST_RECORD") == "1":
+        # Metrics on, as --metrics-bind makes them: each response into a scoreboard slot.
+        from pyclusterc.cluster.scoreboard import SLOT_BYTES, ScoreSlot
+        from pyclusterc.shared.buffer import SharedBuffer
+        hooks.record = ScoreSlot(SharedBuffer(SLOT_BYTES), 0).record
     if args.interface == "wsgi":
         from pyclusterc.serve import wsgi
         code = wsgi.run(app, [listener], settings, hooks)

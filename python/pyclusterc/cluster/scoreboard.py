@@ -3,6 +3,7 @@ pc_score_slot in csrc/pc_dispatch.h). A worker writes its own slot (heartbeat, r
 in-flight, open connections, and with metrics on, each response's status class and
 duration bucket); the primary reads every slot (the `least` policy in C, status,
 metrics and limits in Python)."""
+import functools
 import socket
 import time
 
@@ -40,13 +41,15 @@ class ScoreSlot:
         self.index = index
         self.u32 = Uint32Array(board, index * SLOT_BYTES, SLOT_BYTES // 4)
         self.u64 = BigUint64Array(board, index * SLOT_BYTES, SLOT_BYTES // 8)
-        self._base = ffi.from_buffer(board)  # keeps the mapping's pointer alive
-        self._slot = ffi.cast("struct pc_score_slot *", self._base + index * SLOT_BYTES)
-
-    def record(self, status, duration_us):
-        """One response (status code, microseconds): its class and duration bucket, with
-        one C call of relaxed atomic adds (no IPC; the primary reads them when scraped)."""
-        lib.pc_score_record(self._slot, status, duration_us)
+        # A pointer that keeps the mapping alive itself (from_buffer, not a cast): record
+        # below holds only it, and may outlive this object.
+        self._slot = ffi.from_buffer("struct pc_score_slot *",
+                                     memoryview(board)[index * SLOT_BYTES:(index + 1) * SLOT_BYTES])
+        # record(status, duration_us): one response, its status class and duration
+        # bucket, in one C call of relaxed atomic adds (no IPC; the primary reads them
+        # when scraped). The C function itself, bound to this slot: no Python frame
+        # per response.
+        self.record = functools.partial(lib.pc_score_record, self._slot)
 
     def connections_received(self, count):
         """count connections arrived from the primary: `least` stops counting them as

@@ -25,7 +25,8 @@ What the caller (the ProcessManager / output relay) must do:
   fds 1/2 for the worker pipes); the sink never closes them. ``LogConfigError`` is one
   line naming the file and the problem.
 - From the relay thread, per complete line: ``sink.worker_line(worker_id, "stdout" |
-  "stderr", line)`` (bytes or str; a trailing newline is stripped). From any thread, for
+  "stderr", line)`` (bytes or str; a trailing newline is stripped), or for what one read
+  of the pipe brought, ``sink.worker_chunk(worker_id, stream, b"line\\nline")``. From any thread, for
   the primary's own messages: ``sink.primary_line("info" | "warning" | "error" | ...,
   text)``; warnings and errors go to the stderr side. Handlers lock, so threads may mix.
 - On ``USR1`` (in the loop, not the signal handler): ``sink.reopen()`` — every log file is
@@ -216,19 +217,24 @@ class LogSink:
         return logging.StreamHandler(stream)
 
     # -- the caller's API --------------------------------------------------------------
-    def worker_lines(self, worker_id, stream, lines):
-        """Several complete lines (bytes) of one worker's stream, as the relay read them."""
+    def worker_chunk(self, worker_id, stream, chunk):
+        """Complete lines of one worker's stream joined by newlines, without the last
+        one (bytes, as the relay read them off the pipe)."""
         stream = "stderr" if stream in ("stderr", 2) else "stdout"
         handler = self._direct.get(stream)
         if (handler is None or getattr(handler, "stream", None) is None
                 or not self.loggers["pyclusterc.worker." + stream].isEnabledFor(logging.INFO)):
-            for line in lines:
+            for line in chunk.split(b"\n"):
                 self.worker_line(worker_id, stream, line)
             return
         prefix = f"[{worker_id}] "
         if self._with_time:
             prefix = f"{self._now()} {prefix}"
-        text = "".join(prefix + bytes(line).decode("utf-8", "replace").rstrip("\r\n") + "\n" for line in lines)
+        text = bytes(chunk).decode("utf-8", "replace")
+        if "\r" in text:  # CRLF ends: strip as worker_line does (rare; per line)
+            text = "\n".join(line.rstrip("\r") for line in text.split("\n"))
+        # The whole batch (an access log flush: hundreds of lines) in a few C calls.
+        text = prefix + text.replace("\n", "\n" + prefix) + "\n"
         handler.acquire()
         try:
             handler.stream.write(text)

@@ -2,7 +2,7 @@
 thread of its own, writing each line with the worker's label in front ("[2] started").
 
     fork(fork, label) ─► fds 1, 2 of the child = fresh pipes ─► selector thread
-        ─► whole lines ─► sink.worker_line(label, "stdout" | "stderr", line)  (manager/logs.py:
+        ─► whole lines ─► sink.worker_chunk(label, "stdout" | "stderr", lines)  (manager/logs.py:
            timestamps, the worker id, files, JSON) — or, without a sink, "[label] line"
            to the primary's own stdout/stderr
 
@@ -86,22 +86,28 @@ class OutputRelay:
                         self.selector.unregister(key.fd)
                     os.close(key.fd)
                     if rest:
-                        self._lines(label, stream, [rest])
+                        self._chunk(label, stream, rest)
                     continue
-                lines = (self.pending[key.fd] + data).split(b"\n")
-                self.pending[key.fd] = lines.pop()
-                if lines:
-                    self._lines(label, stream, lines)
+                # Whole lines on, the unfinished last one kept: no per-line work here
+                # (an access log brings hundreds of lines a read).
+                buffered = self.pending[key.fd] + data
+                end = buffered.rfind(b"\n")
+                if end < 0:
+                    self.pending[key.fd] = buffered
+                    continue
+                self.pending[key.fd] = buffered[end + 1:]
+                self._chunk(label, stream, buffered[:end])
             if self.stopping and len(self.selector.get_map()) == 1:
                 return
 
-    def _lines(self, label, stream, lines):
+    def _chunk(self, label, stream, chunk):
+        """Complete lines, joined by newlines, without the last one."""
         if self.sink is not None:
-            self.sink.worker_lines(label, stream, lines)
+            self.sink.worker_chunk(label, stream, chunk)
             return
         prefix = f"[{label}] ".encode()
         self._write(self.out if stream == "stdout" else self.err,
-                    b"".join(prefix + line + b"\n" for line in lines))
+                    prefix + chunk.replace(b"\n", b"\n" + prefix) + b"\n")
 
     def reopen(self):
         """USR1: log files are opened again by name (logrotate moved them)."""

@@ -53,6 +53,8 @@ class Serving:
         self.record = record     # (status, µs) per response into the scoreboard (metrics on)
         self.access = AccessLog.from_settings(settings)  # the access log, or None
         self.timed = self.access is not None or record is not None
+        # The clock is read per request only where a duration is used.
+        self.clocked = record is not None or (self.access is not None and self.access.needs_duration)
         self.app = None          # the app for a request without X-Forwarded-* fields
         self.proxied_app = None  # the same behind uvicorn's ProxyHeadersMiddleware
         # Connections with a deadline (a head to complete, an idle keep-alive wait): one
@@ -106,10 +108,11 @@ class _Cycle(RequestResponseCycle):
     (uvicorn closes every HTTP/1.0 connection)."""
 
     http10_keep_alive = False
-    # Serving.record and Serving.access; with either, started: time.monotonic_ns() at the head.
+    # Serving.record and Serving.access; with either, started: time.monotonic_ns() at the
+    # head (0 when no duration is used; -1, the default: neither is on).
     record = None
     access = None
-    started = 0
+    started = -1
     status_code = 0
     sent = 0
 
@@ -186,10 +189,13 @@ class _Cycle(RequestResponseCycle):
                     raise RuntimeError("Response content shorter than Content-Length")
                 self.response_complete = True
                 self.message_event.set()
-                if self.started:
-                    elapsed_ns = time.monotonic_ns() - self.started
-                    if self.record is not None:
-                        self.record(self.status_code, elapsed_ns // 1000)
+                started = self.started
+                if started >= 0:
+                    elapsed_ns = 0
+                    if started:
+                        elapsed_ns = time.monotonic_ns() - started
+                        if self.record is not None:
+                            self.record(self.status_code, elapsed_ns // 1000)
                     if self.access is not None:
                         self.access.asgi(self.scope, self.status_code, self.sent, elapsed_ns / 1e9)
                 if not self.keep_alive:
@@ -428,7 +434,8 @@ class Protocol(HttpToolsProtocol):
         if keep_alive and head.version == "1.0":
             cycle.http10_keep_alive = True
         if serving.timed:
-            cycle.record, cycle.access, cycle.started = serving.record, serving.access, time.monotonic_ns()
+            cycle.record, cycle.access = serving.record, serving.access
+            cycle.started = time.monotonic_ns() if serving.clocked else 0
         if existing is None or existing.response_complete:
             self._start_asgi_task(cycle, app)
         else:

@@ -1,5 +1,6 @@
 """What both servers add to responses: the Date line, the server header and
 ``--header`` entries, error responses, and the access log line."""
+import collections
 import fcntl
 import os
 import struct
@@ -70,11 +71,15 @@ class AccessLog:
     def __init__(self, fmt, write=None):
         self.fmt = fmt or self.DEFAULT
         self.plain = self.fmt == self.DEFAULT
-        # Request headers are looked at only by formats that print some.
+        # Request headers are looked at only by formats that print some, and the clock
+        # read only for those that print a duration (the default line does not).
         self.needs_headers = any(atom in self.fmt for atom in ("%(a)", "%(f)", "}i)"))
+        self.needs_duration = any(atom in self.fmt for atom in ("%(T)", "%(D)", "%(M)", "%(L)"))
         self.write = write or _write_stdout
-        self.pending = []
-        self.lock = threading.Lock()  # WSGI: pool threads add, the acceptor flushes
+        # deque.append is atomic: WSGI's pool threads add without a lock (a `with lock`
+        # per request cost more than formatting the line); flushes take the lock.
+        self.pending = collections.deque()
+        self.lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings):
@@ -105,19 +110,23 @@ class AccessLog:
             return self.DEFAULT % atoms
 
     def add(self, line):
-        with self.lock:
-            self.pending.append(line)
-            full = len(self.pending) >= self._BATCH
-        if full:
+        pending = self.pending
+        pending.append(line)
+        if len(pending) >= self._BATCH:
             self.flush()
 
     def flush(self):
-        with self.lock:
-            lines, self.pending = self.pending, []
-        if lines:
-            self.write("\n".join(lines) + "\n")
+        with self.lock:  # one write at a time, the lines in the order they were added
+            pending = self.pending
+            lines = [pending.popleft() for _ in range(len(pending))]
+            if lines:
+                self.write("\n".join(lines) + "\n")
 
     def wsgi(self, environ, status, sent, seconds):
+        if self.plain:  # the default line, without line()'s atoms
+            self.add(f'{environ["REMOTE_ADDR"]} - "{environ["REQUEST_METHOD"]} '
+                     f'{environ["SCRIPT_NAME"]}{environ["PATH_INFO"]} {environ["SERVER_PROTOCOL"]}" {str(status)[:3]}')
+            return
         headers = {}
         if self.needs_headers:
             headers = {key[5:].lower().replace("_", "-"): value for key, value in environ.items()
@@ -127,10 +136,17 @@ class AccessLog:
                            environ["SERVER_PROTOCOL"], status, sent, seconds, headers))
 
     def asgi(self, scope, status, sent, seconds):
+        client = scope["client"]
+        if self.plain:  # add(), inlined: this is once per request
+            pending = self.pending
+            pending.append(f'{client[0] if client else "-"} - "{scope["method"]} {scope["path"]} '
+                           f'HTTP/{scope["http_version"]}" {status}')
+            if len(pending) >= self._BATCH:
+                self.flush()
+            return
         headers = {}
         if self.needs_headers:
             headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
-        client = scope.get("client")
         self.add(self.line(client[0] if client else "-", scope["method"], scope["path"],
                            scope["query_string"].decode("latin-1"), f"HTTP/{scope['http_version']}",
                            status, sent, seconds, headers))

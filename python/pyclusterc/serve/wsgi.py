@@ -177,6 +177,8 @@ class WSGIServer:
         self.hand_back = hooks.hand_back
         self.slot = hooks.slot
         self.record = getattr(hooks, "record", None)  # (status, µs) per response, for metrics
+        # The clock is read per request only where a duration is used.
+        self.clocked = self.record is not None or (self.access_log is not None and self.access_log.needs_duration)
         self.stopping = False
         self.inflight = 0
         self.finished = 0  # requests handled (progress, for the heartbeat)
@@ -508,7 +510,7 @@ class WSGIServer:
         slot = self.slot
         if slot is not None:
             slot.request_started()
-        started = time.monotonic() if self.access_log or self.record else 0.0
+        started = time.monotonic() if self.clocked else 0.0
         try:
             result = self.app(environ, response.start_response)
             try:
@@ -529,26 +531,19 @@ class WSGIServer:
             traceback.print_exc()
             if not response.headers_sent:
                 self._send_error(conn, 500)
-                response.status = "500"
+                response.status, response.status_code = "500", 500
             return False
         finally:
             if slot is not None:
                 slot.request_finished()
             if self.record is not None:
-                self.record(_status_code(response.status), int((time.monotonic() - started) * 1e6))
+                self.record(response.status_code, int((time.monotonic() - started) * 1e6))
             if request.body is not None:
                 request.body.close()
         if self.access_log:
-            self.access_log.wsgi(environ, response.status, response.sent, time.monotonic() - started)
+            self.access_log.wsgi(environ, response.status, response.sent,
+                                 time.monotonic() - started if started else 0.0)
         return response.keep_alive
-
-
-def _status_code(status):
-    """200 from "200 OK" (0 if the app sent none that reads as one)."""
-    try:
-        return int(str(status)[:3])
-    except ValueError:
-        return 0
 
 
 class _Pool:

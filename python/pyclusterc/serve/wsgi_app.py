@@ -85,6 +85,7 @@ class Response:
         self.request = request
         self.server = server
         self.status = None
+        self.status_code = 0  # an int, once the head is made (0: none was)
         self.headers = None
         self.headers_sent = False
         self.chunked = False
@@ -110,7 +111,7 @@ class Response:
         """The status line and headers; body_length None = not known in advance."""
         if self.status is None:
             raise AssertionError("the WSGI app returned without calling start_response()")
-        status_code = int(self.status[:3])
+        self.status_code = status_code = int(self.status[:3])
         lines = [b"HTTP/1.1 ", self.status.encode("latin-1"), b"\r\n"]
         has_length = has_date = False
         for name, value in self.headers:
