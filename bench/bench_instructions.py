@@ -45,6 +45,7 @@ VARIANTS = {
     "plain": ({}, {}),
     "access log": ({"access_log": True, "log_level": "info"}, {}),
     "metrics": ({}, {"PYCLUSTERC_TEST_RECORD": "1"}),  # a scoreboard slot records each response
+    "access log + metrics": ({"access_log": True, "log_level": "info"}, {"PYCLUSTERC_TEST_RECORD": "1"}),
 }
 
 
