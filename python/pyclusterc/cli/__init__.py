@@ -70,11 +70,13 @@ def run_command(args):
 def control_command(args):
     """status | reload | restart | scale N | stop | monit | metrics [NAME]."""
     from ..manager import control
-    from . import apps, monit
+    from . import apps
     if args.command in ("stop", "restart", "reload") and args.name is not None and (
             args.name == "all" or apps.is_app(args.name)):
         return apps.handle(args)  # a background app: its record follows too
     name = control.resolve_name(args.name)
+    if args.command in ("monit", "status"):
+        from . import monit  # rich: only where a table is drawn
     if args.command == "monit":
         try:
             monit.main(name, args.interval, args.once)

@@ -3,7 +3,6 @@
 Each operation checks that it got an integer typed array and hands over to that
 array's method form (``ta.add(i, v)`` etc.), which is the fast path.
 """
-import asyncio
 import numbers
 import operator
 import threading
@@ -213,6 +212,7 @@ class Atomics:
     @staticmethod
     async def wait_async(ta, index, value, timeout=None):
         """``await``-able wait: same results as wait, without blocking the event loop."""
+        import asyncio  # loaded already where a loop runs; not at import (CLI start-up)
         ta, i, expected, ns = _checked(ta, index, value, timeout, "wait_async")
         slot = _register(ta, i, expected)
         if slot is None:
