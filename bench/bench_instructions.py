@@ -92,19 +92,6 @@ def drive(port, requests, mode):
                 pass
 
 
-def wait_serving(port, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            drive(port, 1, "close")
-            return
-        except (OSError, ValueError):
-            time.sleep(0.5)
-    raise RuntimeError("server did not answer")
-
-
 def count(kind, name, mode, requests, base_path, variant="plain"):
     """Instructions of one server process that served `requests` requests (+1 probe)."""
     sock = socket.socket()
@@ -123,7 +110,7 @@ def count(kind, name, mode, requests, base_path, variant="plain"):
         proc = subprocess.Popen(argv, cwd=bench_serve.EXAMPLES, pass_fds=[sock.fileno()], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            wait_serving(port, proc)
+            bench_serve.wait_ready(port, proc, timeout=120)  # valgrind starts slowly
             drive(port, requests, mode)
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(120)
