@@ -1,7 +1,9 @@
 """``Listener``: what ``cluster.listen()`` returns in a worker — connections for one
 address, handed over by the primary (rr/least/sticky) or accepted on a shared or
-reuseport socket (none/reuseport); blocking, iterator and asyncio forms."""
-import asyncio
+reuseport socket (none/reuseport); blocking, iterator and asyncio forms.
+
+asyncio is imported by the async forms when they run (it is loaded then anyway), not
+at import: the command line reads this package's names and should start light."""
 import collections
 import os
 import select
@@ -128,6 +130,7 @@ class Listener:
                 raise
 
     async def accept_async(self):
+        import asyncio
         loop = asyncio.get_running_loop()
         if self._sock is not None:
             conn, peer = await loop.sock_accept(self._sock)
@@ -153,6 +156,7 @@ class Listener:
         """Serve every connection with an asyncio protocol until the listener closes.
         batch: connections taken per channel read (default 8). Several event loops may
         serve one listener at once; each takes connections only while it runs."""
+        import asyncio
         loop = asyncio.get_running_loop()
         stopped = loop.create_future()  # resolved by close(), from whichever thread
 

@@ -39,11 +39,10 @@ import math
 import os
 import threading
 
-from prometheus_client import CollectorRegistry, generate_latest
-
+# prometheus_client is imported inside the functions that make metrics: this module's
+# OPTIONS are read by every command line, and a control command should start light.
 from .._lowlevel.options import Option
 from .._lowlevel.wakeup import WakeupPipe
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 __all__ = ["OPTIONS", "ClusterCollector", "MetricsServer", "MetricsError", "LoopBridge", "loop_snapshot", "parse_bind",
            "process_cpu_seconds", "process_rss", "render"]
@@ -154,6 +153,7 @@ class ClusterCollector:
         return []  # the series depend on the snapshot; do not collect at registration
 
     def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
         up = GaugeMetricFamily("pyclusterc_up", "1 if the primary answered this scrape.", labels=[])
         try:
             s = self.snapshot()
@@ -171,6 +171,7 @@ class ClusterCollector:
 
     @staticmethod
     def _cluster_families(name, s, workers):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         def gauge(metric, text, value):
             family = GaugeMetricFamily(metric, text, labels=["cluster"])
             family.add_metric([name], value)
@@ -203,6 +204,7 @@ class ClusterCollector:
 
     @staticmethod
     def _worker_families(name, workers):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         labels = ["cluster", "worker"]
         specs = (  # (metric, kind, help, value of a worker or None to skip it)
             ("pyclusterc_worker_requests", CounterMetricFamily, "Requests served (scoreboard).",
@@ -241,6 +243,7 @@ class ClusterCollector:
 
     @staticmethod
     def _latency_families(name, workers):
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
         per_worker = HistogramMetricFamily("pyclusterc_worker_request_duration_seconds",
                                            "Request duration.", labels=["cluster", "worker"])
         total = {}
@@ -279,6 +282,7 @@ def _le(value):
 
 def render(snapshot):
     """The exposition text for one snapshot (bytes) — also what `pyclusterc metrics` can print."""
+    from prometheus_client import CollectorRegistry, generate_latest
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ClusterCollector(snapshot))
     return generate_latest(registry)
@@ -297,6 +301,7 @@ class MetricsServer:
     """prometheus_client's threaded HTTP server on one daemon thread; /metrics and /."""
 
     def __init__(self, snapshot, bind):
+        from prometheus_client import CollectorRegistry
         self.bind = parse_bind(bind) if isinstance(bind, str) else bind
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ClusterCollector(snapshot))
