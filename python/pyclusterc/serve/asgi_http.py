@@ -28,7 +28,7 @@ from uvicorn.protocols.http.httptools_impl import (HEADER_RE, HEADER_VALUE_RE, S
                                                    RequestResponseCycle)
 
 from . import http1
-from .responses import AccessLog, error_response, unread_bytes
+from .responses import AccessLog, clock_needed, error_response, unread_bytes
 
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 1 << 20
@@ -53,8 +53,7 @@ class Serving:
         self.record = record     # (status, µs) per response into the scoreboard (metrics on)
         self.access = AccessLog.from_settings(settings)  # the access log, or None
         self.timed = self.access is not None or record is not None
-        # The clock is read per request only where a duration is used.
-        self.clocked = record is not None or (self.access is not None and self.access.needs_duration)
+        self.clocked = clock_needed(self.access, record)
         self.app = None          # the app for a request without X-Forwarded-* fields
         self.proxied_app = None  # the same behind uvicorn's ProxyHeadersMiddleware
         # Connections with a deadline (a head to complete, an idle keep-alive wait): one

@@ -152,6 +152,12 @@ class AccessLog:
                            status, sent, seconds, headers))
 
 
+def clock_needed(access_log, record):
+    """Whether a request's duration is used: by the metrics' histogram (record), or by
+    an access-log format that prints one. Otherwise the clock is not read per request."""
+    return record is not None or (access_log is not None and access_log.needs_duration)
+
+
 def _write_stdout(text):
     # The worker's stdout is its pipe to the primary's relay; an app's own prints share it.
     try:

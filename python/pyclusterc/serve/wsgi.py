@@ -32,7 +32,7 @@ import traceback
 from . import http1
 from .options import ssl_context, with_defaults
 from .._lowlevel.wakeup import WakeupPipe
-from .responses import AccessLog, Date, error_response, server_headers, unread_bytes
+from .responses import AccessLog, Date, clock_needed, error_response, server_headers, unread_bytes
 from .wsgi_app import Response, build_environ
 
 DEFAULT_THREADS = 8
@@ -177,8 +177,7 @@ class WSGIServer:
         self.hand_back = hooks.hand_back
         self.slot = hooks.slot
         self.record = getattr(hooks, "record", None)  # (status, µs) per response, for metrics
-        # The clock is read per request only where a duration is used.
-        self.clocked = self.record is not None or (self.access_log is not None and self.access_log.needs_duration)
+        self.clocked = clock_needed(self.access_log, self.record)
         self.stopping = False
         self.inflight = 0
         self.finished = 0  # requests handled (progress, for the heartbeat)
