@@ -111,11 +111,13 @@ def main():
     parser.add_argument("--quick", action="store_true", help="2 s runs, one round, no file written")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--only", default="asgi,wsgi", help="asgi, wsgi or both (comma-separated)")
     args = parser.parse_args()
+    kinds = [kind for kind in ("asgi", "wsgi") if kind in args.only.split(",")]
     if shutil.which("wrk") is None:
         sys.exit("bench_ops: wrk is not installed (apt-get install wrk)")
     rounds, seconds = (1, 2) if args.quick else (args.rounds, args.seconds)
-    names = list(modes(0))
+    names = [name for name in modes(0) if name[0] in kinds]
     per_round = []
     with tempfile.TemporaryDirectory(prefix="bench-ops-") as log_dir:
         for index in range(rounds):
@@ -130,7 +132,7 @@ def main():
                       flush=True)
             per_round.append(results)
     summary = {}
-    for kind in ("asgi", "wsgi"):
+    for kind in kinds:
         plain = [r[(kind, "plain")]["rps"] for r in per_round]
         summary[kind] = {"plain_rps": statistics.median(plain)}
         for mode in MODES[1:]:

@@ -745,3 +745,20 @@ void pc_score_record(struct pc_score_slot *slot, uint32_t status, uint64_t durat
   atomic_fetch_add_explicit((_Atomic uint64_t *)&slot->duration_buckets[bucket], 1, memory_order_relaxed);
   atomic_fetch_add_explicit((_Atomic uint64_t *)&slot->duration_us, duration_us, memory_order_relaxed);
 }
+
+void pc_score_record_since(struct pc_score_slot *slot, uint32_t status, uint64_t started_ns) {
+  struct timespec now;
+  uint64_t now_ns;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  now_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+  pc_score_record(slot, status, now_ns > started_ns ? (now_ns - started_ns) / 1000u : 0);
+}
+
+void pc_score_request_started(struct pc_score_slot *slot) {
+  atomic_fetch_add_explicit((_Atomic uint32_t *)&slot->inflight, 1, memory_order_relaxed);
+}
+
+void pc_score_request_finished(struct pc_score_slot *slot) {
+  atomic_fetch_sub_explicit((_Atomic uint32_t *)&slot->inflight, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit((_Atomic uint64_t *)&slot->requests, 1, memory_order_relaxed);
+}

@@ -39,6 +39,12 @@ struct pc_score_slot {
  * (never blocks). Bucket i counts durations <= pc_score_bucket_bound_us(i) that are
  * above the bound before; the bound of the last bucket is UINT64_MAX. */
 void pc_score_record(struct pc_score_slot *slot, uint32_t status, uint64_t duration_us);
+/* The same, for a response whose request began at started_ns (CLOCK_MONOTONIC, as
+ * Python's time.monotonic_ns()): the clock is read here, not in the caller. */
+void pc_score_record_since(struct pc_score_slot *slot, uint32_t status, uint64_t started_ns);
+/* A request begins (inflight + 1) or ends (inflight - 1, requests + 1). */
+void pc_score_request_started(struct pc_score_slot *slot);
+void pc_score_request_finished(struct pc_score_slot *slot);
 uint64_t pc_score_bucket_bound_us(uint32_t index);
 
 /* What pc_dispatch_run reports. id = the token (PC_EVENT_FD) or the worker_id.

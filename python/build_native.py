@@ -22,7 +22,7 @@ import cffi
 # Blocking calls (waits, locks, channel I/O) keep releasing the GIL.
 _HOLD_GIL = re.compile(
     r"pc_(?:load|store|add|sub|and|or|xor|exchange|compare_exchange)_[iu](?:8|16|32|64)"
-    r"|pc_mutex_trylock|pc_mutex_unlock|pc_notify|pc_score_record|pc_score_bucket_bound_us")
+    r"|pc_mutex_trylock|pc_mutex_unlock|pc_notify|pc_score_\w+")
 _GIL_RELEASE = re.compile(
     r"  Py_BEGIN_ALLOW_THREADS\n  _cffi_restore_errno\(\);\n"
     r"  \{ ((?:result = )?(\w+)\(.*?\);) \}\n  _cffi_save_errno\(\);\n  Py_END_ALLOW_THREADS\n")

@@ -651,10 +651,38 @@ static void test_score_record(void) {
   ASSERT_EQ(slot.requests, 0); /* counted apart (request_finished or a published total) */
 }
 
+/* pc_score_record_since reads CLOCK_MONOTONIC itself: a request begun 30 ms ago lands in
+ * the 50 ms bucket (above 25 ms) unless this test was descheduled for seconds; a start
+ * stamp in the future counts as 0 µs. request_started/finished move inflight and
+ * requests. */
+static void test_score_record_since_and_request_counts(void) {
+  struct pc_score_slot slot;
+  struct timespec now;
+  uint64_t now_ns;
+  memset(&slot, 0, sizeof slot);
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  now_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+  pc_score_record_since(&slot, 200, now_ns - 30000000u);
+  ASSERT_EQ(slot.status_classes[1], 1);
+  ASSERT(slot.duration_us >= 30000 && slot.duration_us < 5000000);
+  ASSERT_EQ(slot.duration_buckets[0] + slot.duration_buckets[1] + slot.duration_buckets[2] +
+            slot.duration_buckets[3] + slot.duration_buckets[4], 0);
+  pc_score_record_since(&slot, 500, now_ns + 60000000000u);
+  ASSERT_EQ(slot.duration_buckets[0], 1);
+  ASSERT_EQ(slot.status_classes[4], 1);
+  pc_score_request_started(&slot);
+  pc_score_request_started(&slot);
+  ASSERT_EQ(slot.inflight, 2);
+  pc_score_request_finished(&slot);
+  ASSERT_EQ(slot.inflight, 1);
+  ASSERT_EQ(slot.requests, 1);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_DFL);
   alarm(50); /* whatever happens, this test ends */
   RUN_TEST(test_score_record);
+  RUN_TEST(test_score_record_since_and_request_counts);
   RUN_TEST(test_rr_sequence);
   RUN_TEST(test_rr_batch);
   RUN_TEST(test_burst);

@@ -200,7 +200,7 @@ def main():
         # Metrics on, as --metrics-bind makes them: each response into a scoreboard slot.
         from pyclusterc.cluster.scoreboard import SLOT_BYTES, ScoreSlot
         from pyclusterc.shared.buffer import SharedBuffer
-        hooks.record = ScoreSlot(SharedBuffer(SLOT_BYTES), 0).record
+        hooks.record = ScoreSlot(SharedBuffer(SLOT_BYTES), 0).record_since
     if args.interface == "wsgi":
         from pyclusterc.serve import wsgi
         code = wsgi.run(app, [listener], settings, hooks)

@@ -2,6 +2,7 @@
 the acceptor and a full batch flush), and none is lost or written twice."""
 import sys
 import threading
+import time
 
 import pytest
 
@@ -51,16 +52,20 @@ def test_the_default_lines_and_a_format_with_a_duration():
     assert not log.needs_duration
     scope = {"client": ("10.0.0.1", 5000), "method": "GET", "path": "/a b", "query_string": b"x=1",
              "http_version": "1.1", "headers": []}
-    log.asgi(scope, 200, 13, 0.0)
-    log.asgi({**scope, "client": None}, 404, 0, 0.0)
+    log.asgi(scope, 200, 13, 0)
+    log.asgi({**scope, "client": None}, 404, 0, 0)
     log.wsgi({"REMOTE_ADDR": "10.0.0.2", "REQUEST_METHOD": "POST", "SCRIPT_NAME": "/app", "PATH_INFO": "/x",
-              "QUERY_STRING": "", "SERVER_PROTOCOL": "HTTP/1.0"}, "201 Created", 2, 0.0)
+              "QUERY_STRING": "", "SERVER_PROTOCOL": "HTTP/1.0"}, "201 Created", 2, 0)
     log.flush()
     assert "".join(written).splitlines() == ['10.0.0.1 - "GET /a b HTTP/1.1" 200', '- - "GET /a b HTTP/1.1" 404',
                                              '10.0.0.2 - "POST /app/x HTTP/1.0" 201']
     timed = AccessLog('%(r)s %(s)s %(D)s', write=written.append)
     assert timed.needs_duration
     written.clear()
-    timed.asgi(scope, 200, 13, 0.25)
+    # started_ns as the servers pass it (time.monotonic_ns() at the request's start):
+    # the line prints the time since then, in µs for %(D)s.
+    timed.asgi(scope, 200, 13, time.monotonic_ns() - 250_000_000)
     timed.flush()
-    assert written == ["GET /a b?x=1 HTTP/1.1 200 250000\n"]
+    request, status, micros = written[0].rsplit(" ", 2)
+    assert (request, status) == ("GET /a b?x=1 HTTP/1.1", "200")
+    assert 250_000 <= int(micros) < 250_000 + 5_000_000

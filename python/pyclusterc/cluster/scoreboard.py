@@ -45,11 +45,17 @@ class ScoreSlot:
         # below holds only it, and may outlive this object.
         self._slot = ffi.from_buffer("struct pc_score_slot *",
                                      memoryview(board)[index * SLOT_BYTES:(index + 1) * SLOT_BYTES])
-        # record(status, duration_us): one response, its status class and duration
-        # bucket, in one C call of relaxed atomic adds (no IPC; the primary reads them
-        # when scraped). The C function itself, bound to this slot: no Python frame
-        # per response.
+        # The per-request calls are the C functions themselves, bound to this slot: no
+        # Python frame per request, relaxed atomic adds, no IPC (the primary reads them).
+        # record(status, duration_us) and record_since(status, started_ns): one
+        # response, its status class and duration bucket; record_since reads the clock
+        # in C (started_ns as time.monotonic_ns()).
         self.record = functools.partial(lib.pc_score_record, self._slot)
+        self.record_since = functools.partial(lib.pc_score_record_since, self._slot)
+        # request_started() / request_finished(): in-flight, and requests counted as
+        # servers report them (HTTP requests; a keep-alive connection is not one).
+        self.request_started = functools.partial(lib.pc_score_request_started, self._slot)
+        self.request_finished = functools.partial(lib.pc_score_request_finished, self._slot)
 
     def connections_received(self, count):
         """count connections arrived from the primary: `least` stops counting them as
@@ -57,21 +63,11 @@ class ScoreSlot:
         self.u64.add(U64_HANDED, count)
         self.u32.add(U32_CONNECTIONS, count)
 
-    # `requests` counts what servers report through request_finished (HTTP requests);
-    # connections are counted apart, so a keep-alive connection is not a request.
     def connection_opened(self):
         self.u32.add(U32_CONNECTIONS, 1)
 
     def connection_closed(self):
         self.u32.sub(U32_CONNECTIONS, 1)
-
-    # Per request under ASGI and WSGI: straight to the atomics, like the batch above.
-    def request_started(self):
-        self.u32.add(U32_INFLIGHT, 1)
-
-    def request_finished(self):
-        self.u32.sub(U32_INFLIGHT, 1)
-        self.u64.add(U64_REQUESTS, 1)
 
     def publish(self, requests, inflight, connections):
         """Totals a server keeps itself, published now and then instead of per request."""

@@ -50,7 +50,7 @@ class Serving:
         self.in_progress = lambda: 0  # requests running in the whole worker
         self.extra_headers = b""
         self.draining = False
-        self.record = record     # (status, µs) per response into the scoreboard (metrics on)
+        self.record = record     # (status, started_ns) per response into the scoreboard (metrics on)
         self.access = AccessLog.from_settings(settings)  # the access log, or None
         self.timed = self.access is not None or record is not None
         self.clocked = clock_needed(self.access, record)
@@ -190,13 +190,10 @@ class _Cycle(RequestResponseCycle):
                 self.message_event.set()
                 started = self.started
                 if started >= 0:
-                    elapsed_ns = 0
-                    if started:
-                        elapsed_ns = time.monotonic_ns() - started
-                        if self.record is not None:
-                            self.record(self.status_code, elapsed_ns // 1000)
+                    if self.record is not None:
+                        self.record(self.status_code, started)
                     if self.access is not None:
-                        self.access.asgi(self.scope, self.status_code, self.sent, elapsed_ns / 1e9)
+                        self.access.asgi(self.scope, self.status_code, self.sent, started)
                 if not self.keep_alive:
                     self.transport.close()
                 self.on_response()

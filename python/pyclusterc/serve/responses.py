@@ -122,10 +122,19 @@ class AccessLog:
             if lines:
                 self.write("\n".join(lines) + "\n")
 
-    def wsgi(self, environ, status, sent, seconds):
-        if self.plain:  # the default line, without line()'s atoms
-            self.add(f'{environ["REMOTE_ADDR"]} - "{environ["REQUEST_METHOD"]} '
-                     f'{environ["SCRIPT_NAME"]}{environ["PATH_INFO"]} {environ["SERVER_PROTOCOL"]}" {str(status)[:3]}')
+    def seconds_since(self, started_ns):
+        """The duration a format prints: 0 unless it prints one (the clock is not read)."""
+        return (time.monotonic_ns() - started_ns) / 1e9 if self.needs_duration and started_ns else 0.0
+
+    # wsgi() and asgi(): once per response; started_ns as time.monotonic_ns() at the
+    # request's start, or 0 when no duration is used (serve.responses.clock_needed).
+    def wsgi(self, environ, status, sent, started_ns):
+        if self.plain:  # the default line, without line()'s atoms; add(), inlined
+            pending = self.pending
+            pending.append(f'{environ["REMOTE_ADDR"]} - "{environ["REQUEST_METHOD"]} {environ["SCRIPT_NAME"]}'
+                           f'{environ["PATH_INFO"]} {environ["SERVER_PROTOCOL"]}" {status[:3]}')
+            if len(pending) >= self._BATCH:
+                self.flush()
             return
         headers = {}
         if self.needs_headers:
@@ -133,9 +142,9 @@ class AccessLog:
                        if key.startswith("HTTP_")}
         self.add(self.line(environ["REMOTE_ADDR"], environ["REQUEST_METHOD"],
                            environ["SCRIPT_NAME"] + environ["PATH_INFO"], environ["QUERY_STRING"],
-                           environ["SERVER_PROTOCOL"], status, sent, seconds, headers))
+                           environ["SERVER_PROTOCOL"], status, sent, self.seconds_since(started_ns), headers))
 
-    def asgi(self, scope, status, sent, seconds):
+    def asgi(self, scope, status, sent, started_ns):
         client = scope["client"]
         if self.plain:  # add(), inlined: this is once per request
             pending = self.pending
@@ -149,7 +158,7 @@ class AccessLog:
             headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         self.add(self.line(client[0] if client else "-", scope["method"], scope["path"],
                            scope["query_string"].decode("latin-1"), f"HTTP/{scope['http_version']}",
-                           status, sent, seconds, headers))
+                           status, sent, self.seconds_since(started_ns), headers))
 
 
 def clock_needed(access_log, record):
