@@ -747,10 +747,7 @@ void pc_score_record(struct pc_score_slot *slot, uint32_t status, uint64_t durat
 }
 
 void pc_score_record_since(struct pc_score_slot *slot, uint32_t status, uint64_t started_ns) {
-  struct timespec now;
-  uint64_t now_ns;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  now_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+  uint64_t now_ns = (uint64_t)pc__now_ns();
   pc_score_record(slot, status, now_ns > started_ns ? (now_ns - started_ns) / 1000u : 0);
 }
 

@@ -6,19 +6,21 @@
 #include <time.h>
 #include <unistd.h>
 
-int64_t pc__deadline(int64_t timeout_ns) {
+int64_t pc__now_ns(void) {
   struct timespec now;
-  if (timeout_ns < 0) return -1;
   clock_gettime(CLOCK_MONOTONIC, &now);
-  return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec + timeout_ns;
+  return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
+int64_t pc__deadline(int64_t timeout_ns) {
+  if (timeout_ns < 0) return -1;
+  return pc__now_ns() + timeout_ns;
 }
 
 int64_t pc__remaining(int64_t deadline_ns) {
-  struct timespec now;
   int64_t left;
   if (deadline_ns < 0) return -1;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  left = deadline_ns - ((int64_t)now.tv_sec * 1000000000 + now.tv_nsec);
+  left = deadline_ns - pc__now_ns();
   return left > 0 ? left : 0;
 }
 

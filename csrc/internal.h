@@ -13,6 +13,8 @@ int pc__futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns
 int pc__futex_wake(_Atomic uint32_t *word, int count);
 /* Absolute CLOCK_MONOTONIC deadline in ns for a relative timeout (< 0: none). */
 int64_t pc__deadline(int64_t timeout_ns);
+/* CLOCK_MONOTONIC now, ns (the clock of Python's time.monotonic_ns()). */
+int64_t pc__now_ns(void);
 /* Time left until a deadline from pc__deadline: < 0 forever, 0 expired. */
 int64_t pc__remaining(int64_t deadline_ns);
 /* spin.c. How many polls a waiter on `cell` may spend before it sleeps (at most
