@@ -91,7 +91,9 @@ def test_sd_notify_ready_reload_stop(runtime, tmp_path):
             _, ready = next_state()
             assert ready.get("READY") == "1" and "2" in ready.get("STATUS", ""), ready
             assert get(cli.port)[0] == 200  # READY=1 means serving
-            assert any("ready, 2 workers" in line for line in cli.stdout)
+            # printed before READY=1 is sent, read by the test's own pipe reader thread
+            # (which may not have got to it yet when the datagram arrives)
+            cli.wait_line("ready, 2 workers", timeout=10)
             env = json.loads(get(cli.port)[2])
             assert "NOTIFY_SOCKET" not in env and "PYTHONPATH" in env  # the workers do not inherit it
             cli.proc.send_signal(signal.SIGHUP)

@@ -76,6 +76,22 @@ def _usable_parent_endpoint(ep):
     return ep
 
 
+def _quiet_lost_terminations():
+    """A Terminated that lands in a __del__ or a weakref finalizer is lost there and
+    raised again (Worker._keep_terminating): expected, so not printed as an "Exception
+    ignored". Wraps whatever sys.unraisablehook is now (it may have been replaced since
+    the last call: pytest swaps it per test); every other report goes to it unchanged."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_terminated", False):
+        return
+
+    def hook(unraisable):
+        if unraisable.exc_type is not Terminated:
+            previous(unraisable)
+    hook.drops_terminated = True
+    sys.unraisablehook = hook
+
+
 class Worker(Port):
     """A worker process (default, forked) or thread running target."""
 
@@ -303,6 +319,7 @@ class Worker(Port):
         def raise_once():
             with self._terminate_lock:
                 if self._terminable:
+                    _quiet_lost_terminations()
                     raise_in_thread(self._thread, Terminated)
                 return self._terminable
 
