@@ -247,3 +247,28 @@ def test_progress_total_from_len_and_bad_total():
     assert list(progress([3, 4])) == [3, 4]
     with pytest.raises(ValueError, match="total must be a whole number"):
         progress([1], total=-1)
+
+
+def test_tasks_still_running_at_interpreter_exit_deliver_their_results():
+    """The script ends while its tasks run: the pool's exit hook waits for them, and
+    each result arrives. Before, weakref.finalize's own exit hook (registered after the
+    pool's, so run before it) closed every endpoint's socket under the pool's manager:
+    the worker saw EOF, its task failed with WorkerDied and the worker was replaced (and
+    a replacement the pool then waited for could hang the exit)."""
+    rc, out, err = assert_python_ok(textwrap.dedent("""
+        import time
+        from pyclusterc.workers import WorkerPool
+
+        def sleep_and_return(t):
+            time.sleep(t)
+            return "apple"
+
+        def report(future):
+            print(repr(future.exception()) if future.exception() else future.result(), flush=True)
+
+        if __name__ == "__main__":
+            pool = WorkerPool(3)
+            for _ in range(3):
+                pool.submit(sleep_and_return, 0.5).add_done_callback(report)
+        """))
+    assert out.decode().split() == ["apple"] * 3, (out, err)

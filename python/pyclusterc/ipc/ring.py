@@ -187,6 +187,12 @@ class Endpoint:
         # The fd closes when nothing uses this endpoint any more (or at close()), so a
         # thread still polling it never sees the number reused.
         self._close_fd = weakref.finalize(self, os.close, sock_fd)
+        # Not at interpreter exit: weakref.finalize's own exit hook would close every
+        # live endpoint's fd, in whatever order against the atexit hooks that still use
+        # them (a pool finishing its work closed its workers' channels under its manager,
+        # which replaced them, then waited forever for the replacements). The process's
+        # exit closes them anyway.
+        self._close_fd.atexit = False
         self.pending = collections.deque()   # socket messages whose MARKER is not read yet
         self.peer_closed = False
         self.closed = False       # shut down: no more sending
