@@ -319,13 +319,13 @@ class Worker(Port):
         def raise_once():
             with self._terminate_lock:
                 if self._terminable:
-                    _quiet_lost_terminations()
                     raise_in_thread(self._thread, Terminated)
                 return self._terminable
 
         def keep_raising():
             while raise_once():
                 time.sleep(0.05)
+        _quiet_lost_terminations()
         if raise_once():
             threading.Thread(target=keep_raising, daemon=True, name=f"{self.name}-terminate").start()
 
