@@ -755,7 +755,17 @@ void pc_score_request_started(struct pc_score_slot *slot) {
   atomic_fetch_add_explicit((_Atomic uint32_t *)&slot->inflight, 1, memory_order_relaxed);
 }
 
+uint64_t pc_score_request_started_ns(struct pc_score_slot *slot) {
+  pc_score_request_started(slot);
+  return (uint64_t)pc__now_ns();
+}
+
 void pc_score_request_finished(struct pc_score_slot *slot) {
   atomic_fetch_sub_explicit((_Atomic uint32_t *)&slot->inflight, 1, memory_order_relaxed);
   atomic_fetch_add_explicit((_Atomic uint64_t *)&slot->requests, 1, memory_order_relaxed);
+}
+
+void pc_score_request_finished_since(struct pc_score_slot *slot, uint32_t status, uint64_t started_ns) {
+  pc_score_request_finished(slot);
+  pc_score_record_since(slot, status, started_ns);
 }

@@ -45,6 +45,11 @@ void pc_score_record_since(struct pc_score_slot *slot, uint32_t status, uint64_t
 /* A request begins (inflight + 1) or ends (inflight - 1, requests + 1). */
 void pc_score_request_started(struct pc_score_slot *slot);
 void pc_score_request_finished(struct pc_score_slot *slot);
+/* With metrics on, one call at each end of a request: request_started that also
+ * returns CLOCK_MONOTONIC now in ns (the start), and request_finished with
+ * record_since. */
+uint64_t pc_score_request_started_ns(struct pc_score_slot *slot);
+void pc_score_request_finished_since(struct pc_score_slot *slot, uint32_t status, uint64_t started_ns);
 uint64_t pc_score_bucket_bound_us(uint32_t index);
 
 /* What pc_dispatch_run reports. id = the token (PC_EVENT_FD) or the worker_id.

@@ -654,7 +654,8 @@ static void test_score_record(void) {
 /* pc_score_record_since reads CLOCK_MONOTONIC itself: a request begun 30 ms ago lands in
  * the 50 ms bucket (above 25 ms) unless this test was descheduled for seconds; a start
  * stamp in the future counts as 0 µs. request_started/finished move inflight and
- * requests. */
+ * requests; request_started_ns also returns the clock, and request_finished_since
+ * ends a request and records it. */
 static void test_score_record_since_and_request_counts(void) {
   struct pc_score_slot slot;
   struct timespec now;
@@ -670,12 +671,19 @@ static void test_score_record_since_and_request_counts(void) {
   pc_score_record_since(&slot, 500, now_ns + 60000000000u);
   ASSERT_EQ(slot.duration_buckets[0], 1);
   ASSERT_EQ(slot.status_classes[4], 1);
-  pc_score_request_started(&slot);
+  uint64_t first_ns = pc_score_request_started_ns(&slot);
+  ASSERT(first_ns >= now_ns && first_ns < now_ns + 5000000000u);
   pc_score_request_started(&slot);
   ASSERT_EQ(slot.inflight, 2);
   pc_score_request_finished(&slot);
   ASSERT_EQ(slot.inflight, 1);
   ASSERT_EQ(slot.requests, 1);
+  pc_score_request_finished_since(&slot, 404, first_ns - 30000000u);
+  ASSERT_EQ(slot.inflight, 0);
+  ASSERT_EQ(slot.requests, 2);
+  ASSERT_EQ(slot.status_classes[3], 1);
+  ASSERT_EQ(slot.duration_buckets[0] + slot.duration_buckets[1] + slot.duration_buckets[2] +
+            slot.duration_buckets[3] + slot.duration_buckets[4], 1); /* the 500 above, at 0 µs */
 }
 
 int main(void) {

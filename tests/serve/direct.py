@@ -193,14 +193,17 @@ def main():
             collected_at_ready.append(sum(gen["collected"] for gen in gc.get_stats()))
         print("READY", flush=True)
 
+    # A scoreboard slot, as every worker of `pyclusterc run` has (the servers count
+    # requests in it).
+    from pyclusterc.cluster.scoreboard import SLOT_BYTES, ScoreSlot
+    from pyclusterc.shared.buffer import SharedBuffer
+    slot = ScoreSlot(SharedBuffer(SLOT_BYTES), 0)
     hooks = types.SimpleNamespace(on_stop=on_stop, ready=ready,
-                                  heartbeat=lambda stamp=None: None, slot=None, live_counts=False,
+                                  heartbeat=lambda stamp=None: None, slot=slot, live_counts=False,
                                   hand_back=hand_back)
     if os.environ.get("PYCLUSTERC_TEST_RECORD") == "1":
-        # Metrics on, as --metrics-bind makes them: each response into a scoreboard slot.
-        from pyclusterc.cluster.scoreboard import SLOT_BYTES, ScoreSlot
-        from pyclusterc.shared.buffer import SharedBuffer
-        hooks.record = ScoreSlot(SharedBuffer(SLOT_BYTES), 0).record_since
+        # Metrics on, as --metrics-bind makes them (manager/worker.py's WorkerHooks).
+        hooks.record = slot.record_since
     if args.interface == "wsgi":
         from pyclusterc.serve import wsgi
         code = wsgi.run(app, [listener], settings, hooks)

@@ -56,6 +56,11 @@ class ScoreSlot:
         # servers report them (HTTP requests; a keep-alive connection is not one).
         self.request_started = functools.partial(lib.pc_score_request_started, self._slot)
         self.request_finished = functools.partial(lib.pc_score_request_finished, self._slot)
+        # With metrics on, one call at each end: request_started_ns() returns the start
+        # (time.monotonic_ns()'s clock) and request_finished_since(status, started_ns)
+        # is request_finished and record_since together.
+        self.request_started_ns = functools.partial(lib.pc_score_request_started_ns, self._slot)
+        self.request_finished_since = functools.partial(lib.pc_score_request_finished_since, self._slot)
 
     def connections_received(self, count):
         """count connections arrived from the primary: `least` stops counting them as

@@ -1,6 +1,5 @@
 """What both servers add to responses: the Date line, the server header and
 ``--header`` entries, error responses, and the access log line."""
-import collections
 import fcntl
 import os
 import struct
@@ -47,6 +46,12 @@ def error_response(status, date_line, extra_headers=b""):
             b"connection: close\r\n%s%s\r\n%s" % (status, body, len(body), date_line, extra_headers, body))
 
 
+# Access lines kept at most between two flushes (a module global: LOAD_GLOBAL is cached,
+# a class attribute is a type lookup per request). 1024 default lines are about 34 KiB,
+# half a pipe's buffer.
+BATCH_LINES = 1024
+
+
 class _Atoms(dict):
     """gunicorn's access log atoms; unknown ones and {name}i headers of absent fields
     are '-'."""
@@ -66,7 +71,6 @@ class AccessLog:
     primary's relay stamps them with the time and the worker id."""
 
     DEFAULT = '%(h)s - "%(m)s %(U)s %(H)s" %(S)s'
-    _BATCH = 256  # lines kept at most between two flushes
 
     def __init__(self, fmt, write=None):
         self.fmt = fmt or self.DEFAULT
@@ -76,9 +80,10 @@ class AccessLog:
         self.needs_headers = any(atom in self.fmt for atom in ("%(a)", "%(f)", "}i)"))
         self.needs_duration = any(atom in self.fmt for atom in ("%(T)", "%(D)", "%(M)", "%(L)"))
         self.write = write or _write_stdout
-        # deque.append is atomic: WSGI's pool threads add without a lock (a `with lock`
-        # per request cost more than formatting the line); flushes take the lock.
-        self.pending = collections.deque()
+        # list.append is atomic: WSGI's pool threads add without a lock (a `with lock`
+        # per request cost more than formatting the line); flushes take the lock and
+        # take lines only off the front, so an append racing a flush is kept.
+        self.pending = []
         self.lock = threading.Lock()
 
     @classmethod
@@ -112,15 +117,17 @@ class AccessLog:
     def add(self, line):
         pending = self.pending
         pending.append(line)
-        if len(pending) >= self._BATCH:
+        if len(pending) >= BATCH_LINES:
             self.flush()
 
     def flush(self):
         with self.lock:  # one write at a time, the lines in the order they were added
             pending = self.pending
-            lines = [pending.popleft() for _ in range(len(pending))]
-            if lines:
-                self.write("\n".join(lines) + "\n")
+            count = len(pending)
+            if count:
+                text = "\n".join(pending[:count]) + "\n"
+                del pending[:count]
+                self.write(text)
 
     def seconds_since(self, started_ns):
         """The duration a format prints: 0 unless it prints one (the clock is not read)."""
@@ -133,7 +140,7 @@ class AccessLog:
             pending = self.pending
             pending.append(f'{environ["REMOTE_ADDR"]} - "{environ["REQUEST_METHOD"]} {environ["SCRIPT_NAME"]}'
                            f'{environ["PATH_INFO"]} {environ["SERVER_PROTOCOL"]}" {status[:3]}')
-            if len(pending) >= self._BATCH:
+            if len(pending) >= BATCH_LINES:
                 self.flush()
             return
         headers = {}
@@ -150,7 +157,7 @@ class AccessLog:
             pending = self.pending
             pending.append(f'{client[0] if client else "-"} - "{scope["method"]} {scope["path"]} '
                            f'HTTP/{scope["http_version"]}" {status}')
-            if len(pending) >= self._BATCH:
+            if len(pending) >= BATCH_LINES:
                 self.flush()
             return
         headers = {}
