@@ -136,6 +136,8 @@ def main():
                         "(the access log goes to /dev/null: its relay by the primary is not counted)")
     parser.add_argument("--requests", default="500,2000", help="N1,N2 (default 500,2000)")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--output", default="instructions.json", metavar="NAME",
+                        help="the file under bench/results/ to write (default instructions.json)")
     args = parser.parse_args()
     low, high = (int(n) for n in args.requests.split(","))
     base_path = bench_serve.make_base(args.base)[0] if args.base else None
@@ -161,7 +163,7 @@ def main():
         print(f"| {row['app']} | {row['server']} | {row['mode']} | {row['variant']} | "
               f"{row['instructions_per_request']:,} | {row['instructions_per_request'] / ours['instructions_per_request']:.2f} |")
     if not args.no_write:
-        path = os.path.join(ROOT, "bench", "results", "instructions.json")
+        path = os.path.join(ROOT, "bench", "results", os.path.basename(args.output))
         commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True).stdout.strip()
         with open(path, "w") as f:

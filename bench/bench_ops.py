@@ -6,6 +6,9 @@ wrk, side by side in one run.
 
     python bench/bench_ops.py            # writes bench/results/ops.json, prints a table
     python bench/bench_ops.py --quick    # 2 s runs, one round, prints only
+    python bench/bench_ops.py --interleave 6 --seconds 2 --rounds 5
+        # the four modes up at once, 6 passes of 2 s over them per round (steadier;
+        # writes bench/results/ops_interleaved.json)
 
 Same load for each: 2 workers, `wrk -t1 -c32` keep-alive, hello world (ASGI and WSGI).
 The cluster's output goes to a file in both modes, as a background app's does. Runs in
@@ -41,7 +44,9 @@ def modes(port):
     base = {"asgi": ["hello_asgi:app"], "wsgi": ["hello_wsgi:app"]}
     out = {}
     for kind, target in base.items():
-        argv = [PY, "-m", "pyclusterc", "run", *target, "-i", "2", "-b", f"127.0.0.1:{port}"]
+        # Its own name: --interleave keeps several clusters of one app up at once.
+        argv = [PY, "-m", "pyclusterc", "run", *target, "-i", "2", "-b", f"127.0.0.1:{port}",
+                "--name", f"bench-ops-{port}"]
         metrics = ["--metrics-bind", f"127.0.0.1:{free_port()}"]
         out[(kind, "plain")] = argv + ["--no-access-log"]
         out[(kind, "access log")] = argv  # on by default
@@ -61,11 +66,16 @@ def wrk(port, seconds):
             "non_2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
+def private_runtime(log_dir):
+    """The clusters' control sockets and state in the bench's own temp dir, not the user's."""
+    return {**os.environ, "XDG_RUNTIME_DIR": log_dir}
+
+
 def measure(argv, port, seconds, log_dir):
     log_path = os.path.join(log_dir, f"out-{port}.log")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, cwd=EXAMPLES, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env=private_runtime(log_dir))
     try:
         wait_ready(port, proc)
         wrk(port, 1)  # warm up
@@ -91,6 +101,65 @@ def measure(argv, port, seconds, log_dir):
     return result
 
 
+class Cluster:
+    """One `pyclusterc run` kept up for a round of --interleave, its output to a file."""
+
+    def __init__(self, argv, port, log_dir):
+        self.port = port
+        self.log_path = os.path.join(log_dir, f"out-{port}.log")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(argv, cwd=EXAMPLES, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, env=private_runtime(log_dir))
+        try:
+            wait_ready(port, self.proc)
+            wrk(port, 1)  # warm up
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+        os.unlink(self.log_path)
+
+
+def interleaved_round(kind, names, slices, seconds, log_dir):
+    """The four modes of one interface up at once; `slices` passes, each running wrk
+    for `seconds` on every mode in a new shuffled order. Adjacent slices share the
+    host's state of the moment (another tenant's load comes and goes over seconds), so
+    the round's ratio is steadier than that of runs a minute apart. Returns
+    {name: {"requests", "seconds", "cpu_seconds"}}."""
+    clusters = {}
+    try:
+        for name in names:
+            port = free_port()
+            clusters[name] = Cluster(modes(port)[name], port, log_dir)
+        totals = {name: {"requests": 0, "seconds": 0.0, "cpu_seconds": 0.0, "errors": []} for name in names}
+        for _ in range(slices):
+            order = names[:]
+            random.shuffle(order)
+            for name in order:
+                cluster = clusters[name]
+                before = cluster_cpu_seconds(cluster.proc.pid)
+                result = wrk(cluster.port, seconds)
+                totals[name]["cpu_seconds"] += cluster_cpu_seconds(cluster.proc.pid) - before
+                totals[name]["requests"] += result["requests"]
+                totals[name]["seconds"] += seconds
+                if result["socket_errors"] or result["non_2xx"]:
+                    totals[name]["errors"].append([result["socket_errors"], result["non_2xx"]])
+        return totals
+    finally:
+        for cluster in clusters.values():
+            cluster.stop()
+
+
 def cluster_cpu_seconds(pid):
     """user + system CPU of a process and its children (the primary and its workers)."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -112,10 +181,15 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--only", default="asgi,wsgi", help="asgi, wsgi or both (comma-separated)")
+    parser.add_argument("--interleave", type=int, metavar="SLICES", default=0,
+                        help="per round, keep the four modes up at once and run SLICES passes of "
+                             "--seconds each over them (writes bench/results/ops_interleaved.json)")
     args = parser.parse_args()
     kinds = [kind for kind in ("asgi", "wsgi") if kind in args.only.split(",")]
     if shutil.which("wrk") is None:
         sys.exit("bench_ops: wrk is not installed (apt-get install wrk)")
+    if args.interleave:
+        return main_interleaved(args, kinds)
     rounds, seconds = (1, 2) if args.quick else (args.rounds, args.seconds)
     names = [name for name in modes(0) if name[0] in kinds]
     per_round = []
@@ -161,6 +235,49 @@ def main():
                    "load": f"wrk -t1 -c32 keep-alive, {seconds} s, 2 workers, hello world, output to a file",
                    "rounds": [{f"{k} / {m}": v for (k, m), v in r.items()} for r in per_round],
                    "summary": summary}, f, indent=1)
+    print(f"wrote {path}")
+
+
+def main_interleaved(args, kinds):
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="bench-ops-") as log_dir:
+        for index in range(1 if args.quick else args.rounds):
+            for kind in random.sample(kinds, len(kinds)):
+                names = [name for name in modes(0) if name[0] == kind]
+                totals = interleaved_round(kind, names, args.interleave, args.seconds, log_dir)
+                plain = totals[(kind, "plain")]
+                row = {"interface": kind, "totals": {mode: t for (_, mode), t in totals.items()}}
+                for mode in MODES[1:]:
+                    t = totals[(kind, mode)]
+                    row[mode] = {"rps_over_plain": round(t["requests"] / plain["requests"], 3),
+                                 "cpu_per_request_over_plain": round(
+                                     (t["cpu_seconds"] / t["requests"]) / (plain["cpu_seconds"] / plain["requests"]), 3)}
+                rounds.append(row)
+                print(f"round {index + 1} {kind}: plain {plain['requests'] / plain['seconds']:.0f} req/s; "
+                      + ", ".join(f"{mode} {row[mode]['rps_over_plain']:.3f}" for mode in MODES[1:]), flush=True)
+    summary = {}
+    print(f"\n{'interface':<10} {'mode':<22} {'req/s ÷ plain':>14} {'cost':>6} {'CPU/req ÷ plain':>16}  per round")
+    for kind in kinds:
+        mine = [row for row in rounds if row["interface"] == kind]
+        summary[kind] = {}
+        for mode in MODES[1:]:
+            ratios = [row[mode]["rps_over_plain"] for row in mine]
+            cpu = [row[mode]["cpu_per_request_over_plain"] for row in mine]
+            median = statistics.median(ratios)
+            summary[kind][mode] = {"over_plain": round(median, 3), "cost_percent": round((1 - median) * 100, 1),
+                                   "per_round": ratios, "cpu_per_request_over_plain": round(statistics.median(cpu), 3),
+                                   "cpu_per_round": cpu}
+            print(f"{kind:<10} {mode:<22} {median:>14.3f} {(1 - median) * 100:>5.1f}% "
+                  f"{statistics.median(cpu):>16.3f}  {', '.join(f'{x:.2f}' for x in ratios)}")
+    if args.quick:
+        return
+    path = os.path.join(ROOT, "bench", "results", "ops_interleaved.json")
+    with open(path, "w") as f:
+        json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                   "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+                   "load": f"wrk -t1 -c32 keep-alive, {args.interleave} slices of {args.seconds} s per mode and round, "
+                           "2 workers, hello world, output to a file; the four modes of an interface up at once",
+                   "rounds": rounds, "summary": summary}, f, indent=1)
     print(f"wrote {path}")
 
 

@@ -40,3 +40,21 @@ def test_record_outlives_the_slot_object_and_its_buffer_name():
         "print('ok')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
     assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-2000:]
+
+
+def test_one_call_at_each_end_of_a_request():
+    """WSGI with metrics: request_started_ns counts the request in flight and returns
+    time.monotonic_ns()'s clock; request_finished_since ends it and records it."""
+    import time
+    slot = ScoreSlot(SharedBuffer(SLOT_BYTES), 0)
+    before = time.monotonic_ns()
+    started = slot.request_started_ns()
+    assert before <= started <= time.monotonic_ns()
+    assert slot.snapshot()["inflight"] == 1
+    slot.request_finished_since(404, started - 30_000_000)  # began 30 ms ago
+    score = slot.snapshot()
+    assert (score["inflight"], score["requests"]) == (0, 1)
+    assert score["status_classes"] == {"4xx": 1}
+    assert 0.03 <= score["latency_sum"] < 5
+    counts = dict(score["latency_buckets"])
+    assert counts[0.025] == 0 and counts[float("inf")] == 1
