@@ -25,14 +25,13 @@ import platform
 import random
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_serve import EXAMPLES, PY, free_port, wait_ready  # noqa: E402 - the shared helpers
+from bench_serve import EXAMPLES, PY, free_port, stop_group, wait_ready  # noqa: E402 - the shared helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,37 +71,22 @@ def private_runtime(log_dir):
 
 
 def measure(argv, port, seconds, log_dir):
-    log_path = os.path.join(log_dir, f"out-{port}.log")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, cwd=EXAMPLES, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=private_runtime(log_dir))
+    cluster = Cluster(argv, port, log_dir)
     try:
-        wait_ready(port, proc)
-        wrk(port, 1)  # warm up
-        before = cluster_cpu_seconds(proc.pid)
+        before = cluster_cpu_seconds(cluster.proc.pid)
         result = wrk(port, seconds)
-        used = cluster_cpu_seconds(proc.pid) - before
+        used = cluster_cpu_seconds(cluster.proc.pid) - before
         # CPU of the primary and its workers per request: steadier than req/s on a
         # shared machine (time the host runs someone else is not counted).
         result["cpu_us_per_request"] = round(used / max(1, result["requests"]) * 1e6, 2)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(10)
-    with open(log_path, "rb") as f:
-        result["log_lines"] = sum(1 for _ in f)
-    os.unlink(log_path)
+        lines = cluster.stop()
+    result["log_lines"] = lines
     return result
 
 
 class Cluster:
-    """One `pyclusterc run` kept up for a round of --interleave, its output to a file."""
+    """One `pyclusterc run` in a session of its own, its output to a file."""
 
     def __init__(self, argv, port, log_dir):
         self.port = port
@@ -118,16 +102,12 @@ class Cluster:
             raise
 
     def stop(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(10)
+        """Stop the cluster; the lines its output file got (then removed)."""
+        stop_group(self.proc, 10)
+        with open(self.log_path, "rb") as f:
+            lines = sum(1 for _ in f)
         os.unlink(self.log_path)
+        return lines
 
 
 def interleaved_round(kind, names, slices, seconds, log_dir):
@@ -228,14 +208,8 @@ def main():
                   f"{m['cpu_per_request_over_plain']:>16.3f}  {', '.join(f'{x:.2f}' for x in m['per_round'])}")
     if args.quick:
         return
-    path = os.path.join(ROOT, "bench", "results", "ops.json")
-    with open(path, "w") as f:
-        json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                   "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-                   "load": f"wrk -t1 -c32 keep-alive, {seconds} s, 2 workers, hello world, output to a file",
-                   "rounds": [{f"{k} / {m}": v for (k, m), v in r.items()} for r in per_round],
-                   "summary": summary}, f, indent=1)
-    print(f"wrote {path}")
+    write_results("ops.json", f"wrk -t1 -c32 keep-alive, {seconds} s, 2 workers, hello world, output to a file",
+                  [{f"{k} / {m}": v for (k, m), v in r.items()} for r in per_round], summary)
 
 
 def main_interleaved(args, kinds):
@@ -271,13 +245,18 @@ def main_interleaved(args, kinds):
                   f"{statistics.median(cpu):>16.3f}  {', '.join(f'{x:.2f}' for x in ratios)}")
     if args.quick:
         return
-    path = os.path.join(ROOT, "bench", "results", "ops_interleaved.json")
+    write_results("ops_interleaved.json",
+                  f"wrk -t1 -c32 keep-alive, {args.interleave} slices of {args.seconds} s per mode and round, "
+                  "2 workers, hello world, output to a file; the four modes of an interface up at once",
+                  rounds, summary)
+
+
+def write_results(name, load, rounds, summary):
+    path = os.path.join(ROOT, "bench", "results", name)
     with open(path, "w") as f:
         json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                    "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-                   "load": f"wrk -t1 -c32 keep-alive, {args.interleave} slices of {args.seconds} s per mode and round, "
-                           "2 workers, hello world, output to a file; the four modes of an interface up at once",
-                   "rounds": rounds, "summary": summary}, f, indent=1)
+                   "load": load, "rounds": rounds, "summary": summary}, f, indent=1)
     print(f"wrote {path}")
 
 

@@ -174,15 +174,21 @@ class Server:
         return self
 
     def __exit__(self, *exc):
+        stop_group(self.proc, 5)
+
+
+def stop_group(proc, timeout):
+    """TERM a server's process group (it runs in a session of its own), KILL if it
+    lingers."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(5)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(5)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout)
 
 
 def measure(kind, name, seconds):
