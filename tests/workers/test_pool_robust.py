@@ -272,3 +272,44 @@ def test_tasks_still_running_at_interpreter_exit_deliver_their_results():
                 pool.submit(sleep_and_return, 0.5).add_done_callback(report)
         """))
     assert out.decode().split() == ["apple"] * 3, (out, err)
+
+
+def _tell_pid_then_sleep(path, seconds):
+    import os
+    import time
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_a_worker_dying_during_shutdown_is_not_replaced_when_no_task_waits(tmp_path):
+    """shutdown(wait=False) while one worker still runs a task: an idle worker that dies
+    then is not replaced (nothing is left for a new one to do); the running task's
+    result still arrives. Before, any task in flight anywhere made the pool fork a
+    replacement, which then sat idle until the pool stopped."""
+    import os
+    import signal
+    import time
+    pool = WorkerPool(2)
+    try:
+        assert sorted(pool.map(abs, [-1, -2])) == [1, 2]   # both workers up
+        told = tmp_path / "pid"
+        busy = pool.submit(_tell_pid_then_sleep, str(told), 1.5)
+        deadline = time.monotonic() + 10
+        while not (told.exists() and told.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        running = int(told.read_text())
+        before = {w.pid for w in pool.workers}
+        assert running in before and len(before) == 2
+        pool.shutdown(wait=False)
+        (idle,) = before - {running}
+        os.kill(idle, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while idle in {w.pid for w in pool.workers} and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # a replacement is forked as soon as the death is seen
+        assert {w.pid for w in pool.workers} == {running}
+        assert busy.result(10) == running
+    finally:
+        pool.shutdown(wait=True)

@@ -327,8 +327,10 @@ class _Manager:
             self.sent.pop(worker, None)
             running = queue.popleft() if queue else None
             self.pending.extendleft(reversed(queue))   # they never started: run them elsewhere
-            needed = not self.broken and (not self.shutting_down or self.pending
-                                          or any(self.inflight.values()))
+            # Shutting down, a replacement is needed only for tasks not yet on a worker
+            # (this one's queue, just moved to pending); a task running elsewhere has its
+            # worker.
+            needed = not self.broken and (not self.shutting_down or self.pending)
             spawn_error = None
             if needed and worker not in self.init_failed:
                 try:
