@@ -8,7 +8,6 @@ thread of its own, writing each line with the worker's label in front ("[2] star
 
 Every pipe end is closed on every path: when a fork fails, and when a worker's pipes
 reach EOF (its exit)."""
-import fcntl
 import os
 import selectors
 import sys
@@ -17,19 +16,6 @@ import threading
 from .._lowlevel.wakeup import WakeupPipe
 
 __all__ = ["OutputRelay"]
-
-# A worker's stdout pipe holds this much (64 KiB by default): an access-log flush of a
-# long format (1024 lines of a few hundred bytes) is then written without waiting for
-# the relay; kept well under the per-user pipe budget (pipe-user-pages-soft) for many
-# workers.
-_STDOUT_PIPE_BYTES = 256 * 1024
-
-
-def _widen(fd):
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _STDOUT_PIPE_BYTES)
-    except OSError:
-        pass  # over pipe-max-size or the user's budget: the default size still works
 
 
 class OutputRelay:
@@ -61,7 +47,6 @@ class OutputRelay:
         try:
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             made += [out_r, out_w]
-            _widen(out_w)
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
             made += [err_r, err_w]
             try:
