@@ -69,3 +69,17 @@ def test_the_default_lines_and_a_format_with_a_duration():
     request, status, micros = written[0].rsplit(" ", 2)
     assert (request, status) == ("GET /a b?x=1 HTTP/1.1", "200")
     assert 250_000 <= int(micros) < 250_000 + 5_000_000
+
+
+def test_asgi_statuses_print_as_their_numbers():
+    # The default ASGI line looks its status up (100 to 599, as uvicorn's status lines);
+    # an IntEnum status (http.HTTPStatus, what Starlette's constants are) is the same key.
+    from http import HTTPStatus
+    written = []
+    log = AccessLog(None, write=written.append)
+    scope = {"client": ("10.0.0.1", 5000), "method": "GET", "path": "/", "query_string": b"",
+             "http_version": "1.1", "headers": []}
+    for status in (HTTPStatus.NOT_FOUND, 100, 599, HTTPStatus.OK):
+        log.asgi(scope, status, 0, 0)
+    log.flush()
+    assert [line.rsplit(" ", 1)[1] for line in "".join(written).splitlines()] == ["404", "100", "599", "200"]

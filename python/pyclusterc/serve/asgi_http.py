@@ -52,8 +52,13 @@ class Serving:
         self.draining = False
         self.record = record     # (status, started_ns) per response into the scoreboard (metrics on)
         self.access = AccessLog.from_settings(settings)  # the access log, or None
-        self.timed = self.access is not None or record is not None
         self.clocked = clock_needed(self.access, record)
+        # The cycle class of this loop's requests: with the access log or metrics on, one
+        # that has them (class attributes: set once here, not on every request's cycle).
+        self.cycle_class = _Cycle
+        if self.access is not None or record is not None:
+            self.cycle_class = type("_TimedCycle", (_Cycle,), {
+                "record": record, "access": self.access, "started": 0})
         self.app = None          # the app for a request without X-Forwarded-* fields
         self.proxied_app = None  # the same behind uvicorn's ProxyHeadersMiddleware
         # Connections with a deadline (a head to complete, an idle keep-alive wait): one
@@ -107,8 +112,8 @@ class _Cycle(RequestResponseCycle):
     (uvicorn closes every HTTP/1.0 connection)."""
 
     http10_keep_alive = False
-    # Serving.record and Serving.access; with either, started: time.monotonic_ns() at the
-    # head (0 when no duration is used; -1, the default: neither is on).
+    # Serving.record and Serving.access, in Serving.cycle_class; with either, started:
+    # time.monotonic_ns() at the head (0 when no duration is used; -1: neither is on).
     record = None
     access = None
     started = -1
@@ -423,15 +428,14 @@ class Protocol(HttpToolsProtocol):
         keep_alive = head.keep_alive and not self.close_after and not (serving.draining and self.tls)
         transport = self.transport if keep_alive else _LingeringTransport(self.transport, self)
         existing = self.cycle
-        self.cycle = cycle = _Cycle(
+        self.cycle = cycle = serving.cycle_class(
             scope, transport, self.flow, self.logger, self.access_logger, self.access_log,
             serving.defaults(self.server_state.default_headers), asyncio.Event(), expect,
             keep_alive, self.on_response_complete)
         if keep_alive and head.version == "1.0":
             cycle.http10_keep_alive = True
-        if serving.timed:
-            cycle.record, cycle.access = serving.record, serving.access
-            cycle.started = time.monotonic_ns() if serving.clocked else 0
+        if serving.clocked:
+            cycle.started = time.monotonic_ns()
         if existing is None or existing.response_complete:
             self._start_asgi_task(cycle, app)
         else:

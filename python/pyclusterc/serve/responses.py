@@ -52,6 +52,11 @@ def error_response(status, date_line, extra_headers=b""):
 BATCH_LINES = 1024
 
 
+# ASGI's status as the default line prints it: a lookup, where formatting the int is a
+# call (uvicorn's STATUS_LINE, which every response passed, has 100 to 599).
+_STATUS_TEXT = {status: str(status) for status in range(100, 600)}
+
+
 class _Atoms(dict):
     """gunicorn's access log atoms; unknown ones and {name}i headers of absent fields
     are '-'."""
@@ -156,7 +161,7 @@ class AccessLog:
         if self.plain:  # add(), inlined: this is once per request
             pending = self.pending
             pending.append(f'{client[0] if client else "-"} - "{scope["method"]} {scope["path"]} '
-                           f'HTTP/{scope["http_version"]}" {status}')
+                           f'HTTP/{scope["http_version"]}" {_STATUS_TEXT[status]}')
             if len(pending) >= BATCH_LINES:
                 self.flush()
             return

@@ -180,7 +180,7 @@ class WSGIServer:
         self.clocked = clock_needed(self.access_log, self.record)
         # Metrics into this worker's own slot (the run worker's hooks): a request's two
         # counts, its clock and its record in one C call at each end, not four calls.
-        self.slot_records = self.slot is not None and self.record == self.slot.record_since
+        self.slot_records = self.slot is not None and self.record is self.slot.record_since
         self.stopping = False
         self.inflight = 0
         self.finished = 0  # requests handled (progress, for the heartbeat)
