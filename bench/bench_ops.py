@@ -148,6 +148,21 @@ class Cluster:
         return lines
 
 
+def start_clusters(clusters, names, log_dir, pinned):
+    """One cluster per name into `clusters` (the caller stops them, started or not all),
+    with one PYTHONHASHSEED for the round. Started in a new order each round: a cluster
+    started first came out faster (or slower) than its twins over a whole round, in A/A
+    runs."""
+    hash_seed = random.randrange(1 << 32)
+    for name in random.sample(names, len(names)):
+        port = free_port()
+        clusters[name] = Cluster(modes(port, pinned)[name], port, log_dir, pinned, hash_seed)
+
+
+def new_totals():
+    return {"requests": 0, "seconds": 0.0, "cpu_seconds": 0.0, "errors": []}
+
+
 def interleaved_round(kind, names, slices, seconds, log_dir, pinned=False):
     """The modes of one interface up at once; `slices` passes, each running wrk
     for `seconds` on every mode in a new shuffled order. Adjacent slices share the
@@ -155,14 +170,9 @@ def interleaved_round(kind, names, slices, seconds, log_dir, pinned=False):
     the round's ratio is steadier than that of runs a minute apart. Returns
     {name: {"requests", "seconds", "cpu_seconds"}}."""
     clusters = {}
-    hash_seed = random.randrange(1 << 32)
     try:
-        # Started in a new order each round: a cluster started first came out faster
-        # (or slower) than its twins over a whole round, in A/A runs.
-        for name in random.sample(names, len(names)):
-            port = free_port()
-            clusters[name] = Cluster(modes(port, pinned)[name], port, log_dir, pinned, hash_seed)
-        totals = {name: {"requests": 0, "seconds": 0.0, "cpu_seconds": 0.0, "errors": []} for name in names}
+        start_clusters(clusters, names, log_dir, pinned)
+        totals = {name: new_totals() for name in names}
         for _ in range(slices):
             order = names[:]
             random.shuffle(order)
@@ -323,14 +333,10 @@ def simultaneous_round(kind, names, windows, seconds, log_dir):
     both: their CPU per request is compared at the same speed. Returns {name: (mode's
     totals, plain's totals over the same windows)}."""
     clusters = {}
-    hash_seed = random.randrange(1 << 32)
     try:
-        for name in random.sample(names, len(names)):
-            port = free_port()
-            clusters[name] = Cluster(modes(port, True)[name], port, log_dir, True, hash_seed)
+        start_clusters(clusters, names, log_dir, True)
         plain_name = names[0]
-        pairs = {name: ({"requests": 0, "seconds": 0.0, "cpu_seconds": 0.0, "errors": []},
-                        {"requests": 0, "seconds": 0.0, "cpu_seconds": 0.0, "errors": []}) for name in names[1:]}
+        pairs = {name: (new_totals(), new_totals()) for name in names[1:]}
         for _ in range(windows):
             for name in random.sample(names[1:], len(names) - 1):
                 both = (clusters[name], clusters[plain_name])
