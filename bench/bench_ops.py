@@ -163,7 +163,16 @@ def new_totals():
     return {"requests": 0, "seconds": 0.0, "cpu_seconds": 0.0, "errors": []}
 
 
-def interleaved_round(kind, names, slices, seconds, log_dir, pinned=False):
+def add_slice(total, cpu_seconds, result, seconds):
+    """One wrk slice of one cluster into its totals."""
+    total["cpu_seconds"] += cpu_seconds
+    total["requests"] += result["requests"]
+    total["seconds"] += seconds
+    if result["socket_errors"] or result["non_2xx"]:
+        total["errors"].append([result["socket_errors"], result["non_2xx"]])
+
+
+def interleaved_round(names, slices, seconds, log_dir, pinned=False):
     """The modes of one interface up at once; `slices` passes, each running wrk
     for `seconds` on every mode in a new shuffled order. Adjacent slices share the
     host's state of the moment (another tenant's load comes and goes over seconds), so
@@ -180,11 +189,7 @@ def interleaved_round(kind, names, slices, seconds, log_dir, pinned=False):
                 cluster = clusters[name]
                 before = cluster_cpu_seconds(cluster.proc.pid)
                 result = wrk(cluster.port, seconds, pinned)
-                totals[name]["cpu_seconds"] += cluster_cpu_seconds(cluster.proc.pid) - before
-                totals[name]["requests"] += result["requests"]
-                totals[name]["seconds"] += seconds
-                if result["socket_errors"] or result["non_2xx"]:
-                    totals[name]["errors"].append([result["socket_errors"], result["non_2xx"]])
+                add_slice(totals[name], cluster_cpu_seconds(cluster.proc.pid) - before, result, seconds)
         return totals
     finally:
         for cluster in clusters.values():
@@ -281,9 +286,9 @@ def main_interleaved(args, kinds):
             for kind in random.sample(kinds, len(kinds)):
                 names = [name for name in modes(0) if name[0] == kind]
                 if args.simultaneous:
-                    pairs = simultaneous_round(kind, names, args.simultaneous, args.seconds, log_dir)
+                    pairs = simultaneous_round(names, args.simultaneous, args.seconds, log_dir)
                 else:
-                    totals = interleaved_round(kind, names, args.interleave, args.seconds, log_dir, args.pinned)
+                    totals = interleaved_round(names, args.interleave, args.seconds, log_dir, args.pinned)
                     pairs = {name: (totals[name], totals[(kind, "plain")]) for name in names[1:]}
                 row = {"interface": kind, "totals": {mode: t for (_, mode), (t, _) in pairs.items()}}
                 for (_, mode), (t, plain) in pairs.items():
@@ -325,7 +330,7 @@ def main_interleaved(args, kinds):
     write_results(name, load, rounds, summary)
 
 
-def simultaneous_round(kind, names, windows, seconds, log_dir):
+def simultaneous_round(names, windows, seconds, log_dir):
     """--simultaneous: every mode's cluster (1 worker) and plain's on one CPU, loaded at
     the same time by a wrk each on the other CPU, for `windows` windows per mode in a
     shuffled order. The two share that CPU at every instant, so whatever the host does to
@@ -344,11 +349,7 @@ def simultaneous_round(kind, names, windows, seconds, log_dir):
                 running = [start_wrk(c.port, seconds, True) for c in both]
                 results = [finish_wrk(proc, seconds) for proc in running]
                 for cluster, total, result, was in zip(both, pairs[name], results, before):
-                    total["cpu_seconds"] += cluster_cpu_seconds(cluster.proc.pid) - was
-                    total["requests"] += result["requests"]
-                    total["seconds"] += seconds
-                    if result["socket_errors"] or result["non_2xx"]:
-                        total["errors"].append([result["socket_errors"], result["non_2xx"]])
+                    add_slice(total, cluster_cpu_seconds(cluster.proc.pid) - was, result, seconds)
         return pairs
     finally:
         for cluster in clusters.values():
