@@ -202,3 +202,44 @@ def test_access_log_on_by_default_and_every_line_kept(runtime, target):
             assert len(lines) == expected, cli.stdout[-10:]
             # Each line has the relay's stamp and the worker id in front.
             assert all(re.match(r"\S+ \[[01]\] 127\.0\.0\.1 - ", line) for line in lines)
+
+
+@pytest.mark.parametrize("target", ["plain_wsgi:app", "managed_asgi:app"])
+def test_access_log_and_metrics_together_count_pipelined_and_kept_alive_requests(runtime, target):
+    """Both on at once (the servers' timed paths: one class of cycle for both under ASGI):
+    keep-alive requests back to back and pipelined bursts are each logged once and each
+    counted once in the histogram."""
+    from loadgen import _read_response
+    from prometheus_client.parser import text_string_to_metric_families
+    mport = free_port()
+    bursts, burst = 4, 8
+    with serve(runtime, "--metrics-bind", f"127.0.0.1:{mport}", target=target) as cli:
+        cli.wait_line("ready, 2 workers")
+        for b in range(bursts):
+            with socket.create_connection(("127.0.0.1", cli.port), timeout=10) as sock:
+                # A burst in one write (pipelined), then the same number back to back.
+                sock.sendall(b"".join(b"GET /piped?b=%d&i=%d HTTP/1.1\r\nHost: x\r\n\r\n" % (b, i)
+                                      for i in range(burst)))
+                rest = b""
+                for _ in range(burst):
+                    status, _, _, rest = _read_response(sock, rest)
+                    assert status == 200
+                for i in range(burst):
+                    sock.sendall(b"GET /piped?back=%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+                    status, _, _, rest = _read_response(sock, rest)
+                    assert status == 200
+        total = bursts * burst * 2
+        deadline = time.monotonic() + 10
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10) as r:
+                got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                       for f in text_string_to_metric_families(r.read().decode()) for s in f.samples}
+            count = got[("pyclusterc_request_duration_seconds_count", (("cluster", "w"),))]
+            if count >= total or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert count == total
+        cli.proc.send_signal(signal.SIGTERM)
+        assert cli.finish(30) == 0
+    lines = [line for line in cli.stdout if '"GET /piped HTTP/1.1" 200' in line]
+    assert len(lines) == total, cli.stdout[-10:]
