@@ -746,18 +746,27 @@ void pc_score_record(struct pc_score_slot *slot, uint32_t status, uint64_t durat
   atomic_fetch_add_explicit((_Atomic uint64_t *)&slot->duration_us, duration_us, memory_order_relaxed);
 }
 
-void pc_score_record_since(struct pc_score_slot *slot, uint32_t status, uint64_t started_ns) {
-  uint64_t now_ns = (uint64_t)pc__now_ns();
-  pc_score_record(slot, status, now_ns > started_ns ? (now_ns - started_ns) / 1000u : 0);
+static double now_seconds(void) { return (double)pc__now_ns() / 1e9; }
+
+void pc_score_record_since(struct pc_score_slot *slot, int32_t status, double started_s) {
+  double elapsed_s = now_seconds() - started_s;
+  uint64_t duration_us = 0;
+  /* !(x > 0) also catches NaN; the cap keeps the conversion defined (anything over
+   * 10 s is the last bucket). */
+  if (elapsed_s > 1e12)
+    duration_us = UINT64_C(1000000000000000000);
+  else if (elapsed_s > 0)
+    duration_us = (uint64_t)(elapsed_s * 1e6);
+  pc_score_record(slot, status > 0 ? (uint32_t)status : 0, duration_us);
 }
 
 void pc_score_request_started(struct pc_score_slot *slot) {
   atomic_fetch_add_explicit((_Atomic uint32_t *)&slot->inflight, 1, memory_order_relaxed);
 }
 
-uint64_t pc_score_request_started_ns(struct pc_score_slot *slot) {
+double pc_score_request_started_at(struct pc_score_slot *slot) {
   pc_score_request_started(slot);
-  return (uint64_t)pc__now_ns();
+  return now_seconds();
 }
 
 void pc_score_request_finished(struct pc_score_slot *slot) {
@@ -765,7 +774,7 @@ void pc_score_request_finished(struct pc_score_slot *slot) {
   atomic_fetch_add_explicit((_Atomic uint64_t *)&slot->requests, 1, memory_order_relaxed);
 }
 
-void pc_score_request_finished_since(struct pc_score_slot *slot, uint32_t status, uint64_t started_ns) {
+void pc_score_request_finished_since(struct pc_score_slot *slot, int32_t status, double started_s) {
   pc_score_request_finished(slot);
-  pc_score_record_since(slot, status, started_ns);
+  pc_score_record_since(slot, status, started_s);
 }

@@ -39,17 +39,20 @@ struct pc_score_slot {
  * (never blocks). Bucket i counts durations <= pc_score_bucket_bound_us(i) that are
  * above the bound before; the bound of the last bucket is UINT64_MAX. */
 void pc_score_record(struct pc_score_slot *slot, uint32_t status, uint64_t duration_us);
-/* The same, for a response whose request began at started_ns (CLOCK_MONOTONIC, as
- * Python's time.monotonic_ns()): the clock is read here, not in the caller. */
-void pc_score_record_since(struct pc_score_slot *slot, uint32_t status, uint64_t started_ns);
+/* The same, for a response whose request began at started_s: CLOCK_MONOTONIC in
+ * seconds, as Python's time.monotonic(). The clock is read here, not in the caller.
+ * A double and an int32: cffi converts a float or a small int with one call, where a
+ * 64-bit int (time.monotonic_ns()) takes CPython's byte-array path (these run once
+ * per request). A start in the future counts as 0 µs. */
+void pc_score_record_since(struct pc_score_slot *slot, int32_t status, double started_s);
 /* A request begins (inflight + 1) or ends (inflight - 1, requests + 1). */
 void pc_score_request_started(struct pc_score_slot *slot);
 void pc_score_request_finished(struct pc_score_slot *slot);
 /* With metrics on, one call at each end of a request: request_started that also
- * returns CLOCK_MONOTONIC now in ns (the start), and request_finished with
+ * returns CLOCK_MONOTONIC now in seconds (the start), and request_finished with
  * record_since. */
-uint64_t pc_score_request_started_ns(struct pc_score_slot *slot);
-void pc_score_request_finished_since(struct pc_score_slot *slot, uint32_t status, uint64_t started_ns);
+double pc_score_request_started_at(struct pc_score_slot *slot);
+void pc_score_request_finished_since(struct pc_score_slot *slot, int32_t status, double started_s);
 uint64_t pc_score_bucket_bound_us(uint32_t index);
 
 /* What pc_dispatch_run reports. id = the token (PC_EVENT_FD) or the worker_id.

@@ -1,7 +1,7 @@
 """Apps that answer with what the server made of the request, as JSON: the corpus
 tests compare it with gunicorn's expectations. ``wsgi_app`` (behind wsgiref.validate)
 and ``asgi_app``; both also serve /date (the app sets its own Date), /stream (a body
-of unknown length) and /slow?s=SECONDS."""
+of unknown length), /slow?s=SECONDS and /raise (the app fails: a 500)."""
 import json
 import os
 import time
@@ -10,6 +10,8 @@ from wsgiref.validate import validator
 
 def _wsgi(environ, start_response):
     path = environ["PATH_INFO"]
+    if path == "/raise":
+        raise RuntimeError("asked to fail")
     if path == "/slow":
         time.sleep(float(environ["QUERY_STRING"].partition("=")[2] or 1))
     body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
@@ -56,6 +58,8 @@ async def asgi_app(scope, receive, send):
         if not message.get("more_body"):
             break
     path = scope["path"]
+    if path == "/raise":
+        raise RuntimeError("asked to fail")
     if path == "/slow":
         import asyncio
         await asyncio.sleep(float(scope["query_string"].decode().partition("=")[2] or 1))

@@ -8,6 +8,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <string.h>
@@ -651,39 +652,43 @@ static void test_score_record(void) {
   ASSERT_EQ(slot.requests, 0); /* counted apart (request_finished or a published total) */
 }
 
-/* pc_score_record_since reads CLOCK_MONOTONIC itself: a request begun 30 ms ago lands in
- * the 50 ms bucket (above 25 ms) unless this test was descheduled for seconds; a start
- * stamp in the future counts as 0 µs. request_started/finished move inflight and
- * requests; request_started_ns also returns the clock, and request_finished_since
- * ends a request and records it. */
+/* pc_score_record_since reads CLOCK_MONOTONIC itself (its start in seconds, as
+ * Python's time.monotonic()): a request begun 30 ms ago lands in the 50 ms bucket
+ * (above 25 ms) unless this test was descheduled for seconds; a start in the future,
+ * or NaN, counts as 0 µs. request_started/finished move inflight and requests;
+ * request_started_at also returns the clock, and request_finished_since ends a
+ * request and records it. */
 static void test_score_record_since_and_request_counts(void) {
   struct pc_score_slot slot;
-  struct timespec now;
-  uint64_t now_ns;
+  double now_s = (double)now_ns() / 1e9;
   memset(&slot, 0, sizeof slot);
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  now_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
-  pc_score_record_since(&slot, 200, now_ns - 30000000u);
+  pc_score_record_since(&slot, 200, now_s - 0.030);
   ASSERT_EQ(slot.status_classes[1], 1);
   ASSERT(slot.duration_us >= 30000 && slot.duration_us < 5000000);
   ASSERT_EQ(slot.duration_buckets[0] + slot.duration_buckets[1] + slot.duration_buckets[2] +
             slot.duration_buckets[3] + slot.duration_buckets[4], 0);
-  pc_score_record_since(&slot, 500, now_ns + 60000000000u);
+  pc_score_record_since(&slot, 500, now_s + 60.0);
   ASSERT_EQ(slot.duration_buckets[0], 1);
   ASSERT_EQ(slot.status_classes[4], 1);
-  uint64_t first_ns = pc_score_request_started_ns(&slot);
-  ASSERT(first_ns >= now_ns && first_ns < now_ns + 5000000000u);
+  pc_score_record_since(&slot, 200, NAN);
+  ASSERT_EQ(slot.duration_buckets[0], 2);
+  pc_score_record_since(&slot, 200, -1e300); /* over any duration: the last bucket */
+  ASSERT_EQ(slot.duration_buckets[13], 1);
+  uint64_t sum_before = slot.duration_us;
+  double first_s = pc_score_request_started_at(&slot);
+  ASSERT(first_s >= now_s && first_s < now_s + 5.0);
   pc_score_request_started(&slot);
   ASSERT_EQ(slot.inflight, 2);
   pc_score_request_finished(&slot);
   ASSERT_EQ(slot.inflight, 1);
   ASSERT_EQ(slot.requests, 1);
-  pc_score_request_finished_since(&slot, 404, first_ns - 30000000u);
+  pc_score_request_finished_since(&slot, 404, first_s - 0.030);
   ASSERT_EQ(slot.inflight, 0);
   ASSERT_EQ(slot.requests, 2);
   ASSERT_EQ(slot.status_classes[3], 1);
+  ASSERT(slot.duration_us - sum_before >= 30000);
   ASSERT_EQ(slot.duration_buckets[0] + slot.duration_buckets[1] + slot.duration_buckets[2] +
-            slot.duration_buckets[3] + slot.duration_buckets[4], 1); /* the 500 above, at 0 µs */
+            slot.duration_buckets[3] + slot.duration_buckets[4], 2); /* the 500 and the NaN, at 0 µs */
 }
 
 int main(void) {

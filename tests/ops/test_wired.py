@@ -198,8 +198,12 @@ def test_access_log_on_by_default_and_every_line_kept(runtime, target):
                 conn.close()
             cli.proc.send_signal(signal.SIGTERM)
             assert cli.finish(30) == 0
-            lines = [line for line in cli.stdout if '"GET /logged HTTP/1.1" 200' in line]
+            # The request line as sent, query string included; every request once.
+            lines = [line for line in cli.stdout if re.search(r'"GET /logged\?i=\d+ HTTP/1\.1" 200$', line)]
             assert len(lines) == expected, cli.stdout[-10:]
+            if expected:
+                assert sorted(re.search(r"i=(\d+)", line).group(1) for line in lines) == sorted(
+                    str(i) for _ in range(3) for i in range(20))
             # Each line has the relay's stamp and the worker id in front.
             assert all(re.match(r"\S+ \[[01]\] 127\.0\.0\.1 - ", line) for line in lines)
 
@@ -225,7 +229,7 @@ def test_access_log_and_metrics_together_count_pipelined_and_kept_alive_requests
                     status, _, _, rest = _read_response(sock, rest)
                     assert status == 200
                 for i in range(burst):
-                    sock.sendall(b"GET /piped?back=%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+                    sock.sendall(b"GET /piped?b=%d&back=%d HTTP/1.1\r\nHost: x\r\n\r\n" % (b, i))
                     status, _, _, rest = _read_response(sock, rest)
                     assert status == 200
         total = bursts * burst * 2
@@ -241,5 +245,8 @@ def test_access_log_and_metrics_together_count_pipelined_and_kept_alive_requests
         assert count == total
         cli.proc.send_signal(signal.SIGTERM)
         assert cli.finish(30) == 0
-    lines = [line for line in cli.stdout if '"GET /piped HTTP/1.1" 200' in line]
-    assert len(lines) == total, cli.stdout[-10:]
+    lines = [re.search(r'"GET /piped\?(\S+) HTTP/1\.1" 200$', line) for line in cli.stdout]
+    queries = [match.group(1) for match in lines if match]
+    assert len(queries) == total, cli.stdout[-10:]
+    assert set(queries) == {f"b={b}&{kind}={i}" for b in range(bursts) for kind in ("i", "back")
+                            for i in range(burst)}

@@ -47,19 +47,19 @@ class ScoreSlot:
                                      memoryview(board)[index * SLOT_BYTES:(index + 1) * SLOT_BYTES])
         # The per-request calls are the C functions themselves, bound to this slot: no
         # Python frame per request, relaxed atomic adds, no IPC (the primary reads them).
-        # record(status, duration_us) and record_since(status, started_ns): one
+        # record(status, duration_us) and record_since(status, started): one
         # response, its status class and duration bucket; record_since reads the clock
-        # in C (started_ns as time.monotonic_ns()).
+        # in C (started as time.monotonic(): a float converts faster than an ns int).
         self.record = functools.partial(lib.pc_score_record, self._slot)
         self.record_since = functools.partial(lib.pc_score_record_since, self._slot)
         # request_started() / request_finished(): in-flight, and requests counted as
         # servers report them (HTTP requests; a keep-alive connection is not one).
         self.request_started = functools.partial(lib.pc_score_request_started, self._slot)
         self.request_finished = functools.partial(lib.pc_score_request_finished, self._slot)
-        # With metrics on, one call at each end: request_started_ns() returns the start
-        # (time.monotonic_ns()'s clock) and request_finished_since(status, started_ns)
+        # With metrics on, one call at each end: request_started_at() returns the start
+        # (time.monotonic()'s clock) and request_finished_since(status, started)
         # is request_finished and record_since together.
-        self.request_started_ns = functools.partial(lib.pc_score_request_started_ns, self._slot)
+        self.request_started_at = functools.partial(lib.pc_score_request_started_at, self._slot)
         self.request_finished_since = functools.partial(lib.pc_score_request_finished_since, self._slot)
 
     def connections_received(self, count):

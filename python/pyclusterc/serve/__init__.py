@@ -12,8 +12,8 @@ Both entry points are ``run(app, listeners, settings, hooks) -> exit status``:
   every loop; WSGI: serving): the primary hands the worker no connection before;
   ``heartbeat(stamp_ns=None)`` — the loop is making progress (``--timeout``);
   ``slot`` — the worker's scoreboard slot or None; ``live_counts`` — keep in-flight counts
-  live (``--sched least``); ``record(status, started_ns)`` or None — call once per
-  response when metrics are served (started_ns: ``time.monotonic_ns()`` when the request
+  live (``--sched least``); ``record(status, started)`` or None — call once per
+  response when metrics are served (started: ``time.monotonic()`` when the request
   began; the duration is taken in C);
   ``hand_back(sock) -> bool`` — while draining: give an idle keep-alive connection (nothing
   buffered, no request in progress) back to the primary, which passes it to a ready

@@ -89,7 +89,7 @@ class _Loops:
         self._lock = threading.Lock()
         self.hand_back = None   # hooks.hand_back
         self.apps = None        # (direct, proxied): asgi_http.request_apps
-        self.record = None      # hooks.record: (status, started_ns) per response, for metrics
+        self.record = None      # hooks.record: (status, started) per response, for metrics
         self.ssl = None         # the SSLContext with --ssl-certfile
 
     def run(self, index, config, listeners, settings):

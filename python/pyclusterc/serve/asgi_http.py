@@ -28,7 +28,9 @@ from uvicorn.protocols.http.httptools_impl import (HEADER_RE, HEADER_VALUE_RE, S
                                                    RequestResponseCycle)
 
 from . import http1
-from .responses import AccessLog, clock_needed, error_response, unread_bytes
+from .responses import STATUS_END, AccessLog, clock_needed, error_response, unread_bytes
+
+_monotonic = time.monotonic  # once per request with metrics on: one global lookup
 
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 1 << 20
@@ -50,15 +52,16 @@ class Serving:
         self.in_progress = lambda: 0  # requests running in the whole worker
         self.extra_headers = b""
         self.draining = False
-        self.record = record     # (status, started_ns) per response into the scoreboard (metrics on)
+        self.record = record     # (status, started) per response into the scoreboard (metrics on)
         self.access = AccessLog.from_settings(settings)  # the access log, or None
         self.clocked = clock_needed(self.access, record)
-        # The cycle class of this loop's requests: with the access log or metrics on, one
-        # that has them (class attributes: set once here, not on every request's cycle).
-        self.cycle_class = _Cycle
-        if self.access is not None or record is not None:
-            self.cycle_class = type("_TimedCycle", (_Cycle,), {
-                "record": record, "access": self.access, "started": 0})
+        # The default access line's pieces (AccessLog.pieces), added inline; None when
+        # the log is off or has a format (AccessLog.asgi).
+        self.access_pieces = self.access.pieces if self.access is not None else None
+        # With either on, each cycle gets this Serving as its `timing` at the head (one
+        # store; Python 3.11 reads a class attribute through an instance several times
+        # slower than an instance's own).
+        self.timed = self.access is not None or record is not None
         self.app = None          # the app for a request without X-Forwarded-* fields
         self.proxied_app = None  # the same behind uvicorn's ProxyHeadersMiddleware
         # Connections with a deadline (a head to complete, an idle keep-alive wait): one
@@ -112,11 +115,12 @@ class _Cycle(RequestResponseCycle):
     (uvicorn closes every HTTP/1.0 connection)."""
 
     http10_keep_alive = False
-    # Serving.record and Serving.access, in Serving.cycle_class; with either, started:
-    # time.monotonic_ns() at the head (0 when no duration is used; -1: neither is on).
-    record = None
-    access = None
-    started = -1
+    # With the access log or metrics on: timing, the loop's Serving (its record, access
+    # and access_pieces); started, time.monotonic() at the head (0.0 when no duration
+    # is used); log_line, the default access line up to its status.
+    timing = None
+    started = 0.0
+    log_line = b""
     status_code = 0
     sent = 0
 
@@ -193,12 +197,17 @@ class _Cycle(RequestResponseCycle):
                     raise RuntimeError("Response content shorter than Content-Length")
                 self.response_complete = True
                 self.message_event.set()
-                started = self.started
-                if started >= 0:
-                    if self.record is not None:
-                        self.record(self.status_code, started)
-                    if self.access is not None:
-                        self.access.asgi(self.scope, self.status_code, self.sent, started)
+                serving = self.timing
+                if serving is not None:
+                    status = self.status_code
+                    record = serving.record
+                    if record is not None:
+                        record(status, self.started)
+                    pieces = serving.access_pieces
+                    if pieces is not None:  # the default line (AccessLog's docstring)
+                        pieces += (self.log_line, STATUS_END[status])
+                    elif serving.access is not None:
+                        serving.access.asgi(self.scope, status, self.sent, self.started)
                 if not self.keep_alive:
                     self.transport.close()
                 self.on_response()
@@ -250,6 +259,8 @@ def _uvicorn_state(instance):
 
 
 class Protocol(HttpToolsProtocol):
+    log_prefix = None  # with the default access line: AccessLog.client_prefix
+
     def __init__(self, config, server_state, app_state, serving, _loop=None):
         # uvicorn's __init__ looks up two loggers and builds an httptools parser we do
         # not use, for every connection: its result is copied instead, once known.
@@ -283,6 +294,9 @@ class Protocol(HttpToolsProtocol):
         sock = transport.get_extra_info("socket")
         self.fd = sock.fileno() if sock is not None and not self.tls else None
         self._set_deadline(self.serving.header_timeout)
+        if self.serving.access_pieces is not None:
+            client = self.client
+            self.log_prefix = AccessLog.client_prefix(client[0] if client else None)
         if self.serving.draining:
             self.shutdown()
 
@@ -428,14 +442,18 @@ class Protocol(HttpToolsProtocol):
         keep_alive = head.keep_alive and not self.close_after and not (serving.draining and self.tls)
         transport = self.transport if keep_alive else _LingeringTransport(self.transport, self)
         existing = self.cycle
-        self.cycle = cycle = serving.cycle_class(
+        self.cycle = cycle = _Cycle(
             scope, transport, self.flow, self.logger, self.access_logger, self.access_log,
             serving.defaults(self.server_state.default_headers), asyncio.Event(), expect,
             keep_alive, self.on_response_complete)
         if keep_alive and head.version == "1.0":
             cycle.http10_keep_alive = True
-        if serving.clocked:
-            cycle.started = time.monotonic_ns()
+        if serving.timed:
+            cycle.timing = serving
+            if serving.clocked:
+                cycle.started = _monotonic()
+            if serving.access_pieces is not None:
+                cycle.log_line = self.log_prefix + head.raw[:head.line_end]
         if existing is None or existing.response_complete:
             self._start_asgi_task(cycle, app)
         else:

@@ -55,7 +55,8 @@ class Limits:
 class Head:
     """A parsed request head: method, target, version ("1.1"), keep_alive; headers:
     (name lowercased, value trimmed) without the dropped underscore names; path/query:
-    the target split, fragment dropped, absolute-form reduced to its path."""
+    the target split, fragment dropped, absolute-form reduced to its path; raw: the head
+    as sent, raw[:line_end] its request line."""
     # Defaults as class attributes: no __init__ on the per-request path.
     upgrade = None
     expect_continue = False
@@ -183,10 +184,16 @@ class HeadParser:
         method = parser.get_method()
         head.method = _METHODS.get(method) or method.decode("ascii")
         # The version from the request line llhttp accepted ("... HTTP/1.1\r\n"): a
-        # lookup where get_http_version() formats a new string.
+        # lookup where get_http_version() formats a new string. Only a line of exactly
+        # method SP target SP version is read so: llhttp also takes "GET /x\n" as an
+        # HTTP/0.9 line, and the version at the end of the first CRLF line is then a
+        # header's (refused below, as 0.9).
         line_end = raw.find(b"\r\n")
-        version = _VERSION_OF.get(raw[line_end - 9:line_end]) or parser.get_http_version()
+        version = _VERSION_OF.get(raw[line_end - 9:line_end])
+        if version is None or line_end != len(method) + len(self.url) + 10:
+            version = parser.get_http_version()
         head.version = version
+        head.raw, head.line_end = raw, line_end  # the request line, for the access log
         head.target = self.url
         if version not in _VERSIONS:
             raise HTTPError(400, "unsupported HTTP version")
@@ -218,6 +225,7 @@ def _parse_unknown_method(raw, limits):
         raise HTTPError(400, "invalid method")
     head = parse_head(b"GET " + rest, limits)
     head.method = method.decode("ascii")
+    head.raw, head.line_end = raw, raw.find(b"\r\n")
     return head
 
 
@@ -236,6 +244,7 @@ def _parse_obs_text_target(raw, limits):
     quoted = _OBS_TEXT.sub(lambda m: b"%%%02X" % m.group()[0], target)
     head = parse_head(b"%s %s %s%s" % (method, quoted, version, raw[end:]), limits)
     head.target = target
+    head.raw, head.line_end = raw, end
     _split_target(head)
     return head
 

@@ -46,15 +46,22 @@ def error_response(status, date_line, extra_headers=b""):
             b"connection: close\r\n%s%s\r\n%s" % (status, body, len(body), date_line, extra_headers, body))
 
 
-# Access lines kept at most between two flushes (a module global: LOAD_GLOBAL is cached,
-# a class attribute is a type lookup per request). 1024 default lines are about 34 KiB,
-# half a pipe's buffer.
+# Lines with a format kept at most between two flushes. The default line's pieces are
+# not counted as they are added (a check per request); the servers' flushes, four a
+# second, bound them.
 BATCH_LINES = 1024
 
 
-# ASGI's status as the default line prints it: a lookup, where formatting the int is a
-# call (uvicorn's STATUS_LINE, which every response passed, has 100 to 599).
-_STATUS_TEXT = {status: str(status) for status in range(100, 600)}
+class _StatusEnds(dict):
+    """The default line's end for each status, as bytes: '" 200\n'. A lookup, where
+    formatting the int is a call (uvicorn's STATUS_LINE, which every ASGI response
+    passed, has 100 to 599; anything else a WSGI app sent is formatted when seen)."""
+
+    def __missing__(self, status):
+        return b'" %d\n' % status
+
+
+STATUS_END = _StatusEnds({status: b'" %d\n' % status for status in range(100, 600)})
 
 
 class _Atoms(dict):
@@ -69,26 +76,36 @@ class _Atoms(dict):
 
 class AccessLog:
     """One line per request in gunicorn's atoms (``%(h)s %(r)s %(s)s ...``), the same for
-    both servers; without a format, the line pyclusterc always printed.
+    both servers; without a format, the default line: the client, the request line as
+    it was sent (gunicorn's ``%(r)s``: the query string included) and the status,
+    ``127.0.0.1 - "GET /a?b=1 HTTP/1.1" 200``.
 
-    Lines are kept and written together (``flush``: the server calls it a few times a
-    second and when it stops), one write for many requests rather than one each; the
-    primary's relay stamps them with the time and the worker id."""
+    Lines are kept as bytes and written together (``flush``: the server calls it a few
+    times a second and when it stops), one write for many requests rather than one
+    each; the primary's relay stamps them with the time and the worker id.
 
-    DEFAULT = '%(h)s - "%(m)s %(U)s %(H)s" %(S)s'
+    The default line costs no call: a server adds it in one extend, as
+    ``pieces += (client_prefix(host), request_line, STATUS_END[status])`` (the prefix
+    made once per connection; it may come joined to the request line), and flushes it
+    with its other lines four times a second. ``pieces`` is None when a format is set;
+    the servers then call ``wsgi()`` or ``asgi()``."""
+
+    DEFAULT = '%(h)s - "%(r)s" %(s)s'
 
     def __init__(self, fmt, write=None):
         self.fmt = fmt or self.DEFAULT
-        self.plain = self.fmt == self.DEFAULT
+        plain = self.fmt == self.DEFAULT
         # Request headers are looked at only by formats that print some, and the clock
         # read only for those that print a duration (the default line does not).
         self.needs_headers = any(atom in self.fmt for atom in ("%(a)", "%(f)", "}i)"))
         self.needs_duration = any(atom in self.fmt for atom in ("%(T)", "%(D)", "%(M)", "%(L)"))
-        self.write = write or _write_stdout
-        # list.append is atomic: WSGI's pool threads add without a lock (a `with lock`
-        # per request cost more than formatting the line); flushes take the lock and
-        # take lines only off the front, so an append racing a flush is kept.
+        self.write = write or _write_stdout  # called with bytes
+        # list += tuple is atomic: WSGI's pool threads add without a lock (a `with lock`
+        # per request cost more than the line); a line's pieces come in one extend, and
+        # flushes take the lock and take pieces only off the front, so a flush never
+        # splits a line and an add racing a flush is kept.
         self.pending = []
+        self.pieces = self.pending if plain else None
         self.lock = threading.Lock()
 
     @classmethod
@@ -101,9 +118,12 @@ class AccessLog:
             return cls(None)
         return None
 
+    @staticmethod
+    def client_prefix(host):
+        """The default line up to the request line, for a client address (str)."""
+        return ('%s - "' % (host or "-")).encode("utf-8", "backslashreplace")
+
     def line(self, client, method, path, query, protocol, status, sent, seconds, headers):
-        if self.plain:
-            return f'{client} - "{method} {path} {protocol}" {str(status)[:3]}'
         atoms = _Atoms(
             h=client, l="-", u="-", m=method, U=path, q=query, H=protocol,
             r=f"{method} {path}{'?' + query if query else ''} {protocol}",
@@ -120,8 +140,9 @@ class AccessLog:
             return self.DEFAULT % atoms
 
     def add(self, line):
+        """A line (str, without its newline)."""
         pending = self.pending
-        pending.append(line)
+        pending += ((line + "\n").encode("utf-8", "backslashreplace"),)
         if len(pending) >= BATCH_LINES:
             self.flush()
 
@@ -130,47 +151,34 @@ class AccessLog:
             pending = self.pending
             count = len(pending)
             if count:
-                text = "\n".join(pending[:count]) + "\n"
+                data = b"".join(pending[:count])
                 del pending[:count]
-                self.write(text)
+                self.write(data)
 
-    def seconds_since(self, started_ns):
+    def seconds_since(self, started):
         """The duration a format prints: 0 unless it prints one (the clock is not read)."""
-        return (time.monotonic_ns() - started_ns) / 1e9 if self.needs_duration and started_ns else 0.0
+        return time.monotonic() - started if self.needs_duration and started else 0.0
 
-    # wsgi() and asgi(): once per response; started_ns as time.monotonic_ns() at the
-    # request's start, or 0 when no duration is used (serve.responses.clock_needed).
-    def wsgi(self, environ, status, sent, started_ns):
-        if self.plain:  # the default line, without line()'s atoms; add(), inlined
-            pending = self.pending
-            pending.append(f'{environ["REMOTE_ADDR"]} - "{environ["REQUEST_METHOD"]} {environ["SCRIPT_NAME"]}'
-                           f'{environ["PATH_INFO"]} {environ["SERVER_PROTOCOL"]}" {status[:3]}')
-            if len(pending) >= BATCH_LINES:
-                self.flush()
-            return
+    # wsgi() and asgi(): once per response, for a log with a format; started as
+    # time.monotonic() at the request's start, or 0.0 when no duration is used
+    # (serve.responses.clock_needed).
+    def wsgi(self, environ, status, sent, started):
         headers = {}
         if self.needs_headers:
             headers = {key[5:].lower().replace("_", "-"): value for key, value in environ.items()
                        if key.startswith("HTTP_")}
         self.add(self.line(environ["REMOTE_ADDR"], environ["REQUEST_METHOD"],
                            environ["SCRIPT_NAME"] + environ["PATH_INFO"], environ["QUERY_STRING"],
-                           environ["SERVER_PROTOCOL"], status, sent, self.seconds_since(started_ns), headers))
+                           environ["SERVER_PROTOCOL"], status, sent, self.seconds_since(started), headers))
 
-    def asgi(self, scope, status, sent, started_ns):
+    def asgi(self, scope, status, sent, started):
         client = scope["client"]
-        if self.plain:  # add(), inlined: this is once per request
-            pending = self.pending
-            pending.append(f'{client[0] if client else "-"} - "{scope["method"]} {scope["path"]} '
-                           f'HTTP/{scope["http_version"]}" {_STATUS_TEXT[status]}')
-            if len(pending) >= BATCH_LINES:
-                self.flush()
-            return
         headers = {}
         if self.needs_headers:
             headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         self.add(self.line(client[0] if client else "-", scope["method"], scope["path"],
                            scope["query_string"].decode("latin-1"), f"HTTP/{scope['http_version']}",
-                           status, sent, self.seconds_since(started_ns), headers))
+                           status, sent, self.seconds_since(started), headers))
 
 
 def clock_needed(access_log, record):
@@ -179,12 +187,17 @@ def clock_needed(access_log, record):
     return record is not None or (access_log is not None and access_log.needs_duration)
 
 
-def _write_stdout(text):
-    # The worker's stdout is its pipe to the primary's relay; an app's own prints share it.
+def _write_stdout(data):
+    # The worker's fd 1 is its pipe to the primary's relay; an app's own prints share it,
+    # so what sys.stdout holds goes first.
     try:
-        sys.stdout.write(text)
         sys.stdout.flush()
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        while data:
+            data = data[os.write(1, data):]
+    except OSError:
         pass
 
 

@@ -32,7 +32,7 @@ import traceback
 from . import http1
 from .options import ssl_context, with_defaults
 from .._lowlevel.wakeup import WakeupPipe
-from .responses import AccessLog, Date, clock_needed, error_response, server_headers, unread_bytes
+from .responses import STATUS_END, AccessLog, Date, clock_needed, error_response, server_headers, unread_bytes
 from .wsgi_app import Response, build_environ
 
 DEFAULT_THREADS = 8
@@ -59,6 +59,7 @@ class _Connection:
     """One client connection: its socket, its reader and the requests read so far.
     Owned by one thread at a time: the acceptor while reading, a pool thread while a
     request runs (handed over through queues)."""
+    log_prefix = None  # with the default access line: AccessLog.client_prefix, once made
 
     def __init__(self, sock, peer, limits, now, deadline, tls=False, head_parser=None):
         self.sock = sock
@@ -169,6 +170,9 @@ class WSGIServer:
         self.threads = settings.threads or DEFAULT_THREADS
         self.root_path = settings.root_path.encode("latin-1")
         self.access_log = AccessLog.from_settings(settings)
+        # The default access line's pieces (AccessLog.pieces), added inline; None when
+        # the log is off or has a format (AccessLog.wsgi).
+        self.access_pieces = self.access_log.pieces if self.access_log is not None else None
         self.extra_headers = b"".join(b"%s: %s\r\n" % (name.lower(), value) for name, value
                                       in server_headers(settings))
         self.ssl = ssl_context(settings)
@@ -176,7 +180,7 @@ class WSGIServer:
         self.drain_grace = min(settings.keep_alive, max(0.1, (settings.kill_timeout or 1.0) / 2))
         self.hand_back = hooks.hand_back
         self.slot = hooks.slot
-        self.record = getattr(hooks, "record", None)  # (status, started_ns) per response, for metrics
+        self.record = getattr(hooks, "record", None)  # (status, started) per response, for metrics
         self.clocked = clock_needed(self.access_log, self.record)
         # Metrics into this worker's own slot (the run worker's hooks): a request's two
         # counts, its clock and its record in one C call at each end, not four calls.
@@ -511,11 +515,11 @@ class WSGIServer:
         response = Response(conn, request, self)
         slot = self.slot
         if self.slot_records:
-            started = slot.request_started_ns()
+            started = slot.request_started_at()
         else:
             if slot is not None:
                 slot.request_started()
-            started = time.monotonic_ns() if self.clocked else 0
+            started = time.monotonic() if self.clocked else 0.0
         try:
             result = self.app(environ, response.start_response)
             try:
@@ -531,13 +535,13 @@ class WSGIServer:
                 if close is not None:
                     close()
         except OSError:
-            return False
+            return False  # the client is gone
         except Exception:  # noqa: BLE001 - the app's error: log it, answer 500
             traceback.print_exc()
             if not response.headers_sent:
                 self._send_error(conn, 500)
-                response.status, response.status_code = "500", 500
-            return False
+                response.status, response.status_code = "500 Internal Server Error", 500
+            response.keep_alive = False
         finally:
             if self.slot_records:
                 slot.request_finished_since(response.status_code, started)
@@ -548,7 +552,14 @@ class WSGIServer:
                     self.record(response.status_code, started)
             if request.body is not None:
                 request.body.close()
-        if self.access_log is not None:
+        pieces = self.access_pieces
+        if pieces is not None:  # the default line (AccessLog's docstring)
+            prefix = conn.log_prefix
+            if prefix is None:
+                prefix = conn.log_prefix = AccessLog.client_prefix(conn.peer[0])
+            head = request.head
+            pieces += (prefix, head.raw[:head.line_end], STATUS_END[response.status_code])
+        elif self.access_log is not None:
             self.access_log.wsgi(environ, response.status, response.sent, started)
         return response.keep_alive
 
