@@ -55,9 +55,9 @@ def test_a_format_with_a_duration():
     scope = {"client": ("10.0.0.1", 5000), "method": "GET", "path": "/a b", "query_string": b"x=1",
              "http_version": "1.1", "headers": []}
     assert not AccessLog(None).needs_duration
-    assert AccessLog(None).pieces is not None  # the default line: the servers add it inline
+    assert AccessLog(None).buffer is not None  # the default line: the servers add it inline
     timed = AccessLog('%(r)s %(s)s %(D)s', write=written.append)
-    assert timed.needs_duration and timed.pieces is None
+    assert timed.needs_duration and timed.buffer is None
     # started as the servers pass it (time.monotonic() at the request's start): the
     # line prints the time since then, in µs for %(D)s.
     timed.asgi(scope, 200, 13, time.monotonic() - 0.25)
@@ -106,3 +106,29 @@ def test_the_default_line_is_the_request_line_as_sent(interface):
         out = server.proc.stdout.read()
     lines = [line for line in out.splitlines() if line.startswith(b"127.0.0.1 - ")]
     assert lines == [b"127.0.0.1 - " + expected for _, expected in _REQUESTS]
+
+
+@pytest.mark.parametrize("interface", ["wsgi", "asgi"])
+def test_concurrent_clients_get_whole_lines(interface):
+    # WSGI's request threads add to one buffer at once, and two ASGI loops (--threads 2)
+    # write their batches to one fd: no line is split, mixed with another, lost or doubled.
+    clients, per_client = 8, 60
+    with DirectServer(interface, settings={"access_log": True, "log_level": "info"},
+                      threads=8 if interface == "wsgi" else 2) as server:
+        def run(index):
+            with connect(server.port) as sock:
+                responses = Responses(sock)
+                for n in range(per_client):
+                    sock.sendall(b"GET /c?client=%d&n=%d HTTP/1.1\r\nHost: t\r\n\r\n" % (index, n))
+                    assert responses.next()[0] == 200
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert server.stop() == 0
+        out = server.proc.stdout.read()
+    lines = [line for line in out.splitlines() if line != b"READY"]
+    expected = {b'127.0.0.1 - "GET /c?client=%d&n=%d HTTP/1.1" 200' % (i, n)
+                for i in range(clients) for n in range(per_client)}
+    assert len(lines) == len(expected) and set(lines) == expected

@@ -55,9 +55,9 @@ class Serving:
         self.record = record     # (status, started) per response into the scoreboard (metrics on)
         self.access = AccessLog.from_settings(settings)  # the access log, or None
         self.clocked = clock_needed(self.access, record)
-        # The default access line's pieces (AccessLog.pieces), added inline; None when
+        # The default access line's buffer (AccessLog.buffer), added to inline; None when
         # the log is off or has a format (AccessLog.asgi).
-        self.access_pieces = self.access.pieces if self.access is not None else None
+        self.access_buffer = self.access.buffer if self.access is not None else None
         # With either on, each cycle gets this Serving as its `timing` at the head (one
         # store; Python 3.11 reads a class attribute through an instance several times
         # slower than an instance's own).
@@ -116,11 +116,12 @@ class _Cycle(RequestResponseCycle):
 
     http10_keep_alive = False
     # With the access log or metrics on: timing, the loop's Serving (its record, access
-    # and access_pieces); started, time.monotonic() at the head (0.0 when no duration
-    # is used); log_line, the default access line up to its status.
+    # and access_buffer); started, time.monotonic() at the head (0.0 when no duration
+    # is used); with the default access line, the connection's log_prefix and the head.
     timing = None
     started = 0.0
-    log_line = b""
+    log_prefix = b""
+    log_head = None
     status_code = 0
     sent = 0
 
@@ -203,9 +204,12 @@ class _Cycle(RequestResponseCycle):
                     record = serving.record
                     if record is not None:
                         record(status, self.started)
-                    pieces = serving.access_pieces
-                    if pieces is not None:  # the default line (AccessLog's docstring)
-                        pieces += (self.log_line, STATUS_END[status])
+                    buffer = serving.access_buffer
+                    if buffer is not None:  # the default line (AccessLog's docstring); one loop
+                        head = self.log_head  # per thread, and no await between these adds
+                        buffer += self.log_prefix
+                        buffer += head.raw[:head.line_end]
+                        buffer += STATUS_END[status]
                     elif serving.access is not None:
                         serving.access.asgi(self.scope, status, self.sent, self.started)
                 if not self.keep_alive:
@@ -294,7 +298,7 @@ class Protocol(HttpToolsProtocol):
         sock = transport.get_extra_info("socket")
         self.fd = sock.fileno() if sock is not None and not self.tls else None
         self._set_deadline(self.serving.header_timeout)
-        if self.serving.access_pieces is not None:
+        if self.serving.access_buffer is not None:
             client = self.client
             self.log_prefix = AccessLog.client_prefix(client[0] if client else None)
         if self.serving.draining:
@@ -452,8 +456,9 @@ class Protocol(HttpToolsProtocol):
             cycle.timing = serving
             if serving.clocked:
                 cycle.started = _monotonic()
-            if serving.access_pieces is not None:
-                cycle.log_line = self.log_prefix + head.raw[:head.line_end]
+            if serving.access_buffer is not None:
+                cycle.log_prefix = self.log_prefix
+                cycle.log_head = head
         if existing is None or existing.response_complete:
             self._start_asgi_task(cycle, app)
         else:

@@ -170,9 +170,9 @@ class WSGIServer:
         self.threads = settings.threads or DEFAULT_THREADS
         self.root_path = settings.root_path.encode("latin-1")
         self.access_log = AccessLog.from_settings(settings)
-        # The default access line's pieces (AccessLog.pieces), added inline; None when
+        # The default access line's buffer (AccessLog.buffer), added to inline; None when
         # the log is off or has a format (AccessLog.wsgi).
-        self.access_pieces = self.access_log.pieces if self.access_log is not None else None
+        self.access_buffer = self.access_log.buffer if self.access_log is not None else None
         self.extra_headers = b"".join(b"%s: %s\r\n" % (name.lower(), value) for name, value
                                       in server_headers(settings))
         self.ssl = ssl_context(settings)
@@ -552,13 +552,14 @@ class WSGIServer:
                     self.record(response.status_code, started)
             if request.body is not None:
                 request.body.close()
-        pieces = self.access_pieces
-        if pieces is not None:  # the default line (AccessLog's docstring)
+        buffer = self.access_buffer
+        if buffer is not None:  # the default line (AccessLog's docstring)
             prefix = conn.log_prefix
             if prefix is None:
                 prefix = conn.log_prefix = AccessLog.client_prefix(conn.peer[0])
             head = request.head
-            pieces += (prefix, head.raw[:head.line_end], STATUS_END[response.status_code])
+            # Joined, then added in one `+=`: another request thread cannot split it.
+            buffer += prefix + head.raw[:head.line_end] + STATUS_END[response.status_code]
         elif self.access_log is not None:
             self.access_log.wsgi(environ, response.status, response.sent, started)
         return response.keep_alive
