@@ -15,14 +15,15 @@ import sys
 import cffi
 
 # Calls that never block (an unlock's or a notify's wake-up is one short syscall;
-# notify's table lock is held for a few instructions by C code that never needs the
-# GIL) and never set errno. cffi releases the GIL and saves errno
+# notify's table lock, and an access-log buffer's, are held for a few instructions by
+# C code that never needs the GIL) and never set errno. cffi releases the GIL and saves errno
 # around every call; for a single atomic instruction that bookkeeping is most of the
 # cost (bench/bench_atomics.py: ~3.2x -> ~4-5x faster than multiprocessing.Value).
 # Blocking calls (waits, locks, channel I/O) keep releasing the GIL.
 _HOLD_GIL = re.compile(
     r"pc_(?:load|store|add|sub|and|or|xor|exchange|compare_exchange)_[iu](?:8|16|32|64)"
-    r"|pc_mutex_trylock|pc_mutex_unlock|pc_notify|pc_score_\w+")
+    r"|pc_mutex_trylock|pc_mutex_unlock|pc_notify|pc_score_\w+"
+    r"|pc_lines_(?:add|add_request|pending|take|record_into)")
 _GIL_RELEASE = re.compile(
     r"  Py_BEGIN_ALLOW_THREADS\n  _cffi_restore_errno\(\);\n"
     r"  \{ ((?:result = )?(\w+)\(.*?\);) \}\n  _cffi_save_errno\(\);\n  Py_END_ALLOW_THREADS\n")

@@ -203,7 +203,7 @@ def main():
                                   hand_back=hand_back)
     if os.environ.get("PYCLUSTERC_TEST_RECORD") == "1":
         # Metrics on, as --metrics-bind makes them (manager/worker.py's WorkerHooks).
-        hooks.record = slot.record_since
+        hooks.metrics_slot = slot
     if args.interface == "wsgi":
         from pyclusterc.serve import wsgi
         code = wsgi.run(app, [listener], settings, hooks)

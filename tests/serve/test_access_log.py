@@ -1,5 +1,6 @@
-"""serve.responses.AccessLog: lines are added without a lock (WSGI's request threads add,
-the acceptor and a full batch flush), and none is lost or written twice."""
+"""serve.responses.AccessLog: lines go into one C buffer (csrc/pc_lines.h) that WSGI's
+request threads and ASGI's loops add to while a flush takes from it, and none is lost,
+cut or written twice."""
 import os
 import sys
 import threading
@@ -7,7 +8,9 @@ import time
 
 import pytest
 
-from pyclusterc.serve.responses import STATUS_END, AccessLog
+from pyclusterc.cluster.scoreboard import SLOT_BYTES, STATUS_CLASSES, U64_DURATION_US, U64_STATUS, ScoreSlot
+from pyclusterc.serve.responses import BATCH_BYTES, AccessLog, add_request
+from pyclusterc.shared.buffer import SharedBuffer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serving import DirectServer, Responses, connect  # noqa: E402
@@ -55,9 +58,9 @@ def test_a_format_with_a_duration():
     scope = {"client": ("10.0.0.1", 5000), "method": "GET", "path": "/a b", "query_string": b"x=1",
              "http_version": "1.1", "headers": []}
     assert not AccessLog(None).needs_duration
-    assert AccessLog(None).buffer is not None  # the default line: the servers add it inline
+    assert AccessLog(None).default_line  # the servers add it with add_request
     timed = AccessLog('%(r)s %(s)s %(D)s', write=written.append)
-    assert timed.needs_duration and timed.buffer is None
+    assert timed.needs_duration and not timed.default_line
     # started as the servers pass it (time.monotonic() at the request's start): the
     # line prints the time since then, in µs for %(D)s.
     timed.asgi(scope, 200, 13, time.monotonic() - 0.25)
@@ -71,15 +74,92 @@ def test_a_format_with_a_duration():
     assert second == "POST /app/x HTTP/1.0 201 0"
 
 
+def _default_lines(log):
+    written = []
+    log.write = written.append
+    log.flush()
+    return b"".join(written)
+
+
 def test_the_default_line_ends_with_the_status_as_a_number():
-    # What the servers append: STATUS_END by the status (an IntEnum status, as
-    # http.HTTPStatus and Starlette's constants, is the same key; a status outside
-    # 100-599 that a WSGI app sent is formatted when seen).
+    # An IntEnum status (http.HTTPStatus, Starlette's constants) is its number; a WSGI
+    # app may send any three digits, or worse.
     from http import HTTPStatus
-    assert [STATUS_END[status] for status in (HTTPStatus.NOT_FOUND, 100, 599, 200, 999)] == [
-        b'" 404\n', b'" 100\n', b'" 599\n', b'" 200\n', b'" 999\n']
-    assert AccessLog.client_prefix("10.0.0.1") == b'10.0.0.1 - "'
+    log = AccessLog(None)
+    prefix = AccessLog.client_prefix("10.0.0.1")
+    assert prefix == b'10.0.0.1 - "'
     assert AccessLog.client_prefix(None) == b'- - "'
+    raw = b"GET /x?y HTTP/1.1\r\nHost: t\r\n\r\n"
+    for status in (HTTPStatus.NOT_FOUND, 100, 599, 200, 999, 0, -7, 2**31 - 1, -2**31):
+        assert add_request(log.lines, prefix, raw, status, 0.0) == 0
+    assert _default_lines(log).decode().splitlines() == [
+        f'10.0.0.1 - "GET /x?y HTTP/1.1" {status}'
+        for status in (404, 100, 599, 200, 999, 0, -7, 2**31 - 1, -2**31)]
+    with pytest.raises(OverflowError):  # cffi refuses it: the servers' statuses are int32
+        add_request(log.lines, prefix, raw, 2**31, 0.0)
+
+
+def test_the_request_line_ends_at_the_first_cr_or_lf():
+    log = AccessLog(None)
+    for head in (b"GET /a HTTP/1.1\r\n\r\n", b"GET /a HTTP/1.1\nX: y\n\n", b"GET /a HTTP/1.1"):
+        add_request(log.lines, b'- - "', head, 200, 0.0)
+    assert _default_lines(log) == b'- - "GET /a HTTP/1.1" 200\n' * 3
+
+
+def test_an_add_says_when_to_flush_and_records_into_a_slot():
+    log = AccessLog(None)
+    line = b'- - "POST /p HTTP/1.0" 201\n'
+    raw = b"POST /p HTTP/1.0\r\n\r\n"
+    slot = ScoreSlot(SharedBuffer(SLOT_BYTES), 0)
+    assert add_request(log.lines, b'- - "', raw, 201, 0.0) == 0  # not recorded: no slot yet
+    log.record_into(slot.pointer)
+    assert add_request(log.lines, b'- - "', raw, 201, time.monotonic() - 0.5) == 0
+    assert [slot.u64.load(U64_STATUS + i) for i in range(len(STATUS_CLASSES))] == [0, 1, 0, 0, 0, 0]
+    assert 500_000 <= slot.u64.load(U64_DURATION_US) < 5_500_000  # about 0.5 s
+    # Once BATCH_BYTES are pending, each add returns 1 until the flush.
+    adds = [add_request(log.lines, b'- - "', raw, 201, 0.0) for _ in range(BATCH_BYTES // len(line))]
+    first = adds.index(1)
+    assert (first + 3) * len(line) >= BATCH_BYTES > (first + 2) * len(line)
+    assert set(adds[first:]) == {1}
+    assert _default_lines(log) == line * (len(adds) + 2)
+    assert add_request(log.lines, b'- - "', raw, 201, 0.0) == 0  # the flush took them all
+
+
+def test_threads_adding_default_lines_while_others_flush_lose_none():
+    # add_request from 8 threads (WSGI's request threads, ASGI's loops) with a flush
+    # running all the while, and past BATCH_BYTES: every line once, whole, in order.
+    log = AccessLog(None)
+    written = []
+    log.write = written.append
+    threads, per_thread = 8, 4000
+    done = threading.Event()
+
+    def add(index):
+        prefix = AccessLog.client_prefix(f"10.0.0.{index}")
+        for n in range(per_thread):
+            raw = b"GET /%d HTTP/1.1\r\nHost: t\r\n\r\n" % n
+            if add_request(log.lines, prefix, raw, 200, 0.0):
+                log.flush()
+
+    def flush():
+        while not done.is_set():
+            log.flush()
+    flusher = threading.Thread(target=flush)
+    flusher.start()
+    adders = [threading.Thread(target=add, args=(i,)) for i in range(threads)]
+    for thread in adders:
+        thread.start()
+    for thread in adders:
+        thread.join()
+    done.set()
+    flusher.join()
+    log.flush()
+    assert all(batch.endswith(b"\n") for batch in written)  # a batch ends with a whole line
+    lines = b"".join(written).decode().splitlines()
+    assert len(lines) == threads * per_thread
+    for i in range(threads):
+        mine = [line for line in lines if line.startswith(f"10.0.0.{i} ")]
+        assert mine == [f'10.0.0.{i} - "GET /{n} HTTP/1.1" 200' for n in range(per_thread)]
 
 
 # One keep-alive connection, pipelined: the default line prints each request line as

@@ -42,25 +42,26 @@ class ScoreSlot:
         self.u32 = Uint32Array(board, index * SLOT_BYTES, SLOT_BYTES // 4)
         self.u64 = BigUint64Array(board, index * SLOT_BYTES, SLOT_BYTES // 8)
         # A pointer that keeps the mapping alive itself (from_buffer, not a cast): record
-        # below holds only it, and may outlive this object.
-        self._slot = ffi.from_buffer("struct pc_score_slot *",
+        # below holds only it, and may outlive this object. Public for the servers' one
+        # call per response that also writes the access line (pc_lines_add_request).
+        self.pointer = ffi.from_buffer("struct pc_score_slot *",
                                      memoryview(board)[index * SLOT_BYTES:(index + 1) * SLOT_BYTES])
         # The per-request calls are the C functions themselves, bound to this slot: no
         # Python frame per request, relaxed atomic adds, no IPC (the primary reads them).
         # record(status, duration_us) and record_since(status, started): one
         # response, its status class and duration bucket; record_since reads the clock
         # in C (started as time.monotonic(): a float converts faster than an ns int).
-        self.record = functools.partial(lib.pc_score_record, self._slot)
-        self.record_since = functools.partial(lib.pc_score_record_since, self._slot)
+        self.record = functools.partial(lib.pc_score_record, self.pointer)
+        self.record_since = functools.partial(lib.pc_score_record_since, self.pointer)
         # request_started() / request_finished(): in-flight, and requests counted as
         # servers report them (HTTP requests; a keep-alive connection is not one).
-        self.request_started = functools.partial(lib.pc_score_request_started, self._slot)
-        self.request_finished = functools.partial(lib.pc_score_request_finished, self._slot)
+        self.request_started = functools.partial(lib.pc_score_request_started, self.pointer)
+        self.request_finished = functools.partial(lib.pc_score_request_finished, self.pointer)
         # With metrics on, one call at each end: request_started_at() returns the start
         # (time.monotonic()'s clock) and request_finished_since(status, started)
         # is request_finished and record_since together.
-        self.request_started_at = functools.partial(lib.pc_score_request_started_at, self._slot)
-        self.request_finished_since = functools.partial(lib.pc_score_request_finished_since, self._slot)
+        self.request_started_at = functools.partial(lib.pc_score_request_started_at, self.pointer)
+        self.request_finished_since = functools.partial(lib.pc_score_request_finished_since, self.pointer)
 
     def connections_received(self, count):
         """count connections arrived from the primary: `least` stops counting them as

@@ -35,7 +35,7 @@ class WorkerHooks:
         self.live_counts = settings.sched == "least"
         # Each response's status class and duration into the slot, when metrics are
         # served (--metrics-bind): one C call per response, nothing otherwise.
-        self.record = self.slot.record_since if self.slot is not None and getattr(settings, "metrics_bind", None) else None
+        self.metrics_slot = self.slot if getattr(settings, "metrics_bind", None) else None
         self._callbacks = []
         self._fired = threading.Event()
         self._lock = threading.Lock()

@@ -12,9 +12,10 @@ Both entry points are ``run(app, listeners, settings, hooks) -> exit status``:
   every loop; WSGI: serving): the primary hands the worker no connection before;
   ``heartbeat(stamp_ns=None)`` — the loop is making progress (``--timeout``);
   ``slot`` — the worker's scoreboard slot or None; ``live_counts`` — keep in-flight counts
-  live (``--sched least``); ``record(status, started)`` or None — call once per
-  response when metrics are served (started: ``time.monotonic()`` when the request
-  began; the duration is taken in C);
+  live (``--sched least``); ``metrics_slot`` — the slot (or None) each response's status
+  and duration go into when metrics are served: its ``record_since(status, started)``
+  (started: ``time.monotonic()`` when the request began; the duration is taken in C),
+  or its ``pointer`` given to the access log's ``add_request``, which records too;
   ``hand_back(sock) -> bool`` — while draining: give an idle keep-alive connection (nothing
   buffered, no request in progress) back to the primary, which passes it to a ready
   worker; False when it cannot (then close it at a safe point).

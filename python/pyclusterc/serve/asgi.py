@@ -53,7 +53,7 @@ def run(app, listeners, settings, hooks):
     loops = _Loops(settings.threads or 1, hooks.heartbeat, slot, hooks.ready)
     loops.hand_back = hooks.hand_back
     loops.apps = apps
-    loops.record = getattr(hooks, "record", None)
+    loops.metrics_slot = getattr(hooks, "metrics_slot", None)
     loops.ssl = ssl_context(settings)
     hooks.on_stop(loops.stop)
     # More than one loop: each runs in its own thread with its own uvicorn server state
@@ -89,7 +89,7 @@ class _Loops:
         self._lock = threading.Lock()
         self.hand_back = None   # hooks.hand_back
         self.apps = None        # (direct, proxied): asgi_http.request_apps
-        self.record = None      # hooks.record: (status, started) per response, for metrics
+        self.metrics_slot = None  # hooks.metrics_slot: each response's record, for metrics
         self.ssl = None         # the SSLContext with --ssl-certfile
 
     def run(self, index, config, listeners, settings):
@@ -158,7 +158,7 @@ async def _serve(config, listeners, settings, loops, index):
     loops.add_state(server.server_state)
     loops.started()
     loop = asyncio.get_running_loop()
-    serving = asgi_http.Serving(settings, loops.hand_back, Date(), loops.record)
+    serving = asgi_http.Serving(settings, loops.hand_back, Date(), loops.metrics_slot)
     serving.in_progress = loops.requests_in_progress
     serving.app, serving.proxied_app = loops.apps
     serving.extra_headers = b"".join(b"%s: %s\r\n" % pair for pair in server_headers(settings))

@@ -28,7 +28,7 @@ from uvicorn.protocols.http.httptools_impl import (HEADER_RE, HEADER_VALUE_RE, S
                                                    RequestResponseCycle)
 
 from . import http1
-from .responses import STATUS_END, AccessLog, clock_needed, error_response, unread_bytes
+from .responses import AccessLog, add_request, clock_needed, error_response, unread_bytes
 
 _monotonic = time.monotonic  # once per request with metrics on: one global lookup
 
@@ -40,7 +40,7 @@ class Serving:
     """What every connection of one event loop shares: the limits, the apps, the hooks
     and the state of the drain."""
 
-    def __init__(self, settings, hand_back, date, record=None):
+    def __init__(self, settings, hand_back, date, metrics_slot=None):
         self.limits = http1.Limits.from_settings(settings)
         self.head_parser = http1.HeadParser()  # one per loop: heads parse whole, at once
         self.header_timeout = settings.header_timeout or None
@@ -52,16 +52,21 @@ class Serving:
         self.in_progress = lambda: 0  # requests running in the whole worker
         self.extra_headers = b""
         self.draining = False
-        self.record = record     # (status, started) per response into the scoreboard (metrics on)
+        # (status, started) per response into the scoreboard (metrics on), or None.
+        self.record = metrics_slot.record_since if metrics_slot is not None else None
         self.access = AccessLog.from_settings(settings)  # the access log, or None
-        self.clocked = clock_needed(self.access, record)
-        # The default access line's buffer (AccessLog.buffer), added to inline; None when
-        # the log is off or has a format (AccessLog.asgi).
-        self.access_buffer = self.access.buffer if self.access is not None else None
+        self.clocked = clock_needed(self.access, self.record)
+        # The default access line: its buffer (AccessLog.lines), None when the log is off
+        # or has a format (AccessLog.asgi); add_request writes the line and, with metrics
+        # on, records the response too: one call for both.
+        self.access_lines = self.access.lines if self.access is not None and self.access.default_line else None
+        self.add_request = add_request
+        if self.access_lines is not None and metrics_slot is not None:
+            self.access.record_into(metrics_slot.pointer)
         # With either on, each cycle gets this Serving as its `timing` at the head (one
         # store; Python 3.11 reads a class attribute through an instance several times
         # slower than an instance's own).
-        self.timed = self.access is not None or record is not None
+        self.timed = self.access is not None or self.record is not None
         self.app = None          # the app for a request without X-Forwarded-* fields
         self.proxied_app = None  # the same behind uvicorn's ProxyHeadersMiddleware
         # Connections with a deadline (a head to complete, an idle keep-alive wait): one
@@ -116,8 +121,9 @@ class _Cycle(RequestResponseCycle):
 
     http10_keep_alive = False
     # With the access log or metrics on: timing, the loop's Serving (its record, access
-    # and access_buffer); started, time.monotonic() at the head (0.0 when no duration
-    # is used); with the default access line, the connection's log_prefix and the head.
+    # and access_lines); started, time.monotonic() at the head (0.0 when no duration
+    # is used); with the default access line, the connection's log_prefix and the head
+    # as sent (Head.raw).
     timing = None
     started = 0.0
     log_prefix = b""
@@ -200,18 +206,19 @@ class _Cycle(RequestResponseCycle):
                 self.message_event.set()
                 serving = self.timing
                 if serving is not None:
-                    status = self.status_code
-                    record = serving.record
-                    if record is not None:
-                        record(status, self.started)
-                    buffer = serving.access_buffer
-                    if buffer is not None:  # the default line (AccessLog's docstring); one loop
-                        head = self.log_head  # per thread, and no await between these adds
-                        buffer += self.log_prefix
-                        buffer += head.raw[:head.line_end]
-                        buffer += STATUS_END[status]
-                    elif serving.access is not None:
-                        serving.access.asgi(self.scope, status, self.sent, self.started)
+                    lines = serving.access_lines
+                    if lines is not None:  # the default line, and the record (AccessLog's docstring)
+                        # A local: 3.11 does not specialise obj.attr() where attr is the instance's own.
+                        add = serving.add_request
+                        if add(lines, self.log_prefix, self.log_head, self.status_code, self.started):
+                            serving.access.flush()
+                    else:
+                        record = serving.record
+                        if record is not None:
+                            record(self.status_code, self.started)
+                        access = serving.access
+                        if access is not None:
+                            access.asgi(self.scope, self.status_code, self.sent, self.started)
                 if not self.keep_alive:
                     self.transport.close()
                 self.on_response()
@@ -298,7 +305,7 @@ class Protocol(HttpToolsProtocol):
         sock = transport.get_extra_info("socket")
         self.fd = sock.fileno() if sock is not None and not self.tls else None
         self._set_deadline(self.serving.header_timeout)
-        if self.serving.access_buffer is not None:
+        if self.serving.access_lines is not None:
             client = self.client
             self.log_prefix = AccessLog.client_prefix(client[0] if client else None)
         if self.serving.draining:
@@ -454,11 +461,11 @@ class Protocol(HttpToolsProtocol):
             cycle.http10_keep_alive = True
         if serving.timed:
             cycle.timing = serving
-            if serving.clocked:
-                cycle.started = _monotonic()
-            if serving.access_buffer is not None:
+            # Stored either way: the class's default read through the instance is slower.
+            cycle.started = _monotonic() if serving.clocked else 0.0
+            if serving.access_lines is not None:
                 cycle.log_prefix = self.log_prefix
-                cycle.log_head = head
+                cycle.log_head = head.raw
         if existing is None or existing.response_complete:
             self._start_asgi_task(cycle, app)
         else:

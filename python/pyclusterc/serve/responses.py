@@ -9,6 +9,8 @@ import threading
 import time
 from email.utils import formatdate
 
+from .._lowlevel.native import ffi, lib, os_error
+
 SERVER = b"pyclusterc"
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Large",
@@ -46,22 +48,9 @@ def error_response(status, date_line, extra_headers=b""):
             b"connection: close\r\n%s%s\r\n%s" % (status, body, len(body), date_line, extra_headers, body))
 
 
-# Bytes of lines with a format kept at most between two flushes. Default lines are not
-# counted as they are added (a check per request); the servers' flushes, four a second,
-# bound them.
+# Bytes of lines pending past which an add says to flush at once, rather than at the
+# server's next timed flush (four a second).
 BATCH_BYTES = 64 * 1024
-
-
-class _StatusEnds(dict):
-    """The default line's end for each status, as bytes: '" 200\n'. A lookup, where
-    formatting the int is a call (uvicorn's STATUS_LINE, which every ASGI response
-    passed, has 100 to 599; anything else a WSGI app sent is formatted when seen)."""
-
-    def __missing__(self, status):
-        return b'" %d\n' % status
-
-
-STATUS_END = _StatusEnds({status: b'" %d\n' % status for status in range(100, 600)})
 
 
 class _Atoms(dict):
@@ -74,41 +63,55 @@ class _Atoms(dict):
         return "-"
 
 
+# The default line of one response, and its record when the log records into a slot,
+# in one C call: add_request(lines, prefix, raw_head, status, started) -> 1 when the
+# log should be flushed (csrc/pc_lines.h). Servers keep it as an attribute of their own.
+add_request = lib.pc_lines_add_request
+
+
 class AccessLog:
     """One line per request in gunicorn's atoms (``%(h)s %(r)s %(s)s ...``), the same for
     both servers; without a format, the default line: the client, the request line as
     it was sent (gunicorn's ``%(r)s``: the query string included) and the status,
     ``127.0.0.1 - "GET /a?b=1 HTTP/1.1" 200``.
 
-    Lines are copied into one bytearray and written together (``flush``: the server
-    calls it four times a second and when it stops), one write for many requests
-    rather than one each; the primary's relay stamps them with the time and the worker
-    id. Copied, not kept as objects: holding a quarter of a second's lines as bytes
-    objects until the flush cost about 3% of a hello-world request's CPU (fresh memory
-    for every allocation), copying them costs a few instructions.
+    Lines are copied into one C buffer (``lines``, csrc/pc_lines.h) and written together
+    (``flush``: the server calls it four times a second, when it stops, and when an add
+    returns BATCH_BYTES or more), one write for many requests rather than one each; the
+    primary's relay stamps them with the time and the worker id. Copied, not kept as
+    objects: holding a quarter of a second's lines as bytes objects until the flush cost
+    about 3% of a hello-world request's CPU (fresh memory for every allocation).
 
-    The default line costs no call: a server adds ``client_prefix(host)`` (made once per
-    connection), the request line and ``STATUS_END[status]`` to ``buffer``. Where
-    threads share the log (WSGI) the three are joined first and added in one ``+=``,
-    which no other thread can split. ``buffer`` is None when a format is set; the
-    servers then call ``wsgi()`` or ``asgi()``."""
+    The default line (``default_line`` true) is one call per response, with no Python
+    object made for it: ``add_request(lines, client_prefix(host), head.raw, status,
+    started)``, the prefix made once per connection; after ``record_into(slot)``
+    (metrics on) that call also records the response into the scoreboard slot. It
+    takes the buffer's lock: WSGI's threads and ASGI's loops add at once. With a
+    format, the servers call ``wsgi()`` or ``asgi()``."""
 
     DEFAULT = '%(h)s - "%(r)s" %(s)s'
 
     def __init__(self, fmt, write=None):
         self.fmt = fmt or self.DEFAULT
-        plain = self.fmt == self.DEFAULT
+        self.default_line = self.fmt == self.DEFAULT
         # Request headers are looked at only by formats that print some, and the clock
         # read only for those that print a duration (the default line does not).
         self.needs_headers = any(atom in self.fmt for atom in ("%(a)", "%(f)", "}i)"))
         self.needs_duration = any(atom in self.fmt for atom in ("%(T)", "%(D)", "%(M)", "%(L)"))
         self.write = write or _write_stdout  # called with bytes
-        # bytearray += bytes is atomic: WSGI's pool threads add without a lock (a `with
-        # lock` per request cost more than the line); flushes take the lock and take bytes
-        # only off the front, so an add racing a flush is kept.
-        self.pending = bytearray()
-        self.buffer = self.pending if plain else None
-        self.lock = threading.Lock()
+        error = ffi.new("int *")
+        lines = lib.pc_lines_new(BATCH_BYTES, error)
+        if lines == ffi.NULL:
+            raise os_error(error[0], "access log buffer")
+        self.lines = ffi.gc(lines, lib.pc_lines_free)
+        self.lock = threading.Lock()  # one flush at a time: batches leave in order
+        self._recorded_into = None
+
+    def record_into(self, slot_pointer):
+        """Each add_request also records its response (status class, duration) into the
+        scoreboard slot at slot_pointer (ScoreSlot.pointer)."""
+        self._recorded_into = slot_pointer  # the pointer keeps the slot's mapping alive
+        lib.pc_lines_record_into(self.lines, slot_pointer)
 
     @classmethod
     def from_settings(cls, settings):
@@ -143,19 +146,17 @@ class AccessLog:
 
     def add(self, line):
         """A line (str, without its newline)."""
-        pending = self.pending
-        pending += (line + "\n").encode("utf-8", "backslashreplace")
-        if len(pending) >= BATCH_BYTES:
+        data = (line + "\n").encode("utf-8", "backslashreplace")
+        if lib.pc_lines_add(self.lines, data, len(data)):
             self.flush()
 
     def flush(self):
         with self.lock:  # one write at a time, the lines in the order they were added
-            pending = self.pending
-            count = len(pending)
-            if count:
-                data = bytes(pending[:count])
-                del pending[:count]
-                self.write(data)
+            count = lib.pc_lines_pending(self.lines)
+            if count > 0:
+                out = ffi.new("char[]", count)
+                # Lines added since pending() stay for the next flush.
+                self.write(ffi.buffer(out, lib.pc_lines_take(self.lines, out, count))[:])
 
     def seconds_since(self, started):
         """The duration a format prints: 0 unless it prints one (the clock is not read)."""

@@ -32,7 +32,7 @@ import traceback
 from . import http1
 from .options import ssl_context, with_defaults
 from .._lowlevel.wakeup import WakeupPipe
-from .responses import STATUS_END, AccessLog, Date, clock_needed, error_response, server_headers, unread_bytes
+from .responses import AccessLog, Date, add_request, clock_needed, error_response, server_headers, unread_bytes
 from .wsgi_app import Response, build_environ
 
 DEFAULT_THREADS = 8
@@ -170,9 +170,11 @@ class WSGIServer:
         self.threads = settings.threads or DEFAULT_THREADS
         self.root_path = settings.root_path.encode("latin-1")
         self.access_log = AccessLog.from_settings(settings)
-        # The default access line's buffer (AccessLog.buffer), added to inline; None when
-        # the log is off or has a format (AccessLog.wsgi).
-        self.access_buffer = self.access_log.buffer if self.access_log is not None else None
+        # The default access line's buffer (AccessLog.lines), None when the log is off or
+        # has a format (AccessLog.wsgi): one add_request per response.
+        self.access_lines = self.access_log.lines if self.access_log is not None and self.access_log.default_line \
+            else None
+        self.add_request = add_request
         self.extra_headers = b"".join(b"%s: %s\r\n" % (name.lower(), value) for name, value
                                       in server_headers(settings))
         self.ssl = ssl_context(settings)
@@ -180,11 +182,13 @@ class WSGIServer:
         self.drain_grace = min(settings.keep_alive, max(0.1, (settings.kill_timeout or 1.0) / 2))
         self.hand_back = hooks.hand_back
         self.slot = hooks.slot
-        self.record = getattr(hooks, "record", None)  # (status, started) per response, for metrics
+        metrics_slot = getattr(hooks, "metrics_slot", None)
+        # (status, started) per response into the scoreboard, for metrics; or None.
+        self.record = metrics_slot.record_since if metrics_slot is not None else None
         self.clocked = clock_needed(self.access_log, self.record)
         # Metrics into this worker's own slot (the run worker's hooks): a request's two
         # counts, its clock and its record in one C call at each end, not four calls.
-        self.slot_records = self.slot is not None and self.record is self.slot.record_since
+        self.slot_records = self.slot is not None and metrics_slot is self.slot
         self.stopping = False
         self.inflight = 0
         self.finished = 0  # requests handled (progress, for the heartbeat)
@@ -552,14 +556,15 @@ class WSGIServer:
                     self.record(response.status_code, started)
             if request.body is not None:
                 request.body.close()
-        buffer = self.access_buffer
-        if buffer is not None:  # the default line (AccessLog's docstring)
+        lines = self.access_lines
+        if lines is not None:  # the default line (AccessLog's docstring)
             prefix = conn.log_prefix
             if prefix is None:
                 prefix = conn.log_prefix = AccessLog.client_prefix(conn.peer[0])
-            head = request.head
-            # Joined, then added in one `+=`: another request thread cannot split it.
-            buffer += prefix + head.raw[:head.line_end] + STATUS_END[response.status_code]
+            # A local: 3.11 does not specialise obj.attr() where attr is the instance's own.
+            add = self.add_request
+            if add(lines, prefix, request.head.raw, response.status_code, 0.0):
+                self.access_log.flush()
         elif self.access_log is not None:
             self.access_log.wsgi(environ, response.status, response.sent, started)
         return response.keep_alive
