@@ -18,18 +18,13 @@ from serving import DirectServer, Responses, connect  # noqa: E402
 pytestmark = pytest.mark.timeout(60)
 
 
-def test_threads_adding_while_others_flush_lose_no_line():
-    written = []
-    log = AccessLog(None, write=written.append)
-    threads, per_thread = 8, 5000
+def _add_from_threads_while_flushing(log, threads, add):
+    """add(index) on `threads` threads while another flushes all the while; then the
+    last flush. Threads switch as often as they can, so that races show."""
     done = threading.Event()
     old_interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show
+    sys.setswitchinterval(1e-6)
     try:
-        def add(index):
-            for n in range(per_thread):
-                log.add(f"{index}:{n}")
-
         def flush():
             while not done.is_set():
                 log.flush()
@@ -45,6 +40,17 @@ def test_threads_adding_while_others_flush_lose_no_line():
     finally:
         sys.setswitchinterval(old_interval)
     log.flush()
+
+
+def test_threads_adding_while_others_flush_lose_no_line():
+    written = []
+    log = AccessLog(None, write=written.append)
+    threads, per_thread = 8, 5000
+
+    def add(index):
+        for n in range(per_thread):
+            log.add(f"{index}:{n}")
+    _add_from_threads_while_flushing(log, threads, add)
     lines = b"".join(written).decode().splitlines()
     assert len(lines) == threads * per_thread
     assert set(lines) == {f"{i}:{n}" for i in range(threads) for n in range(per_thread)}
@@ -132,7 +138,6 @@ def test_threads_adding_default_lines_while_others_flush_lose_none():
     written = []
     log.write = written.append
     threads, per_thread = 8, 4000
-    done = threading.Event()
 
     def add(index):
         prefix = AccessLog.client_prefix(f"10.0.0.{index}")
@@ -140,20 +145,7 @@ def test_threads_adding_default_lines_while_others_flush_lose_none():
             raw = b"GET /%d HTTP/1.1\r\nHost: t\r\n\r\n" % n
             if add_request(log.lines, prefix, raw, 200, 0.0):
                 log.flush()
-
-    def flush():
-        while not done.is_set():
-            log.flush()
-    flusher = threading.Thread(target=flush)
-    flusher.start()
-    adders = [threading.Thread(target=add, args=(i,)) for i in range(threads)]
-    for thread in adders:
-        thread.start()
-    for thread in adders:
-        thread.join()
-    done.set()
-    flusher.join()
-    log.flush()
+    _add_from_threads_while_flushing(log, threads, add)
     assert all(batch.endswith(b"\n") for batch in written)  # a batch ends with a whole line
     lines = b"".join(written).decode().splitlines()
     assert len(lines) == threads * per_thread
