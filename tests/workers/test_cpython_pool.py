@@ -9,6 +9,8 @@ except where WorkerPool's documented design differs (a crashed worker fails only
 task and is replaced), each marked "WorkerPool:". Tests of multiprocessing internals
 are skipped with the reason.
 """
+import contextlib
+import logging
 import os
 import signal
 import sys
@@ -468,17 +470,31 @@ class InitializerMixin(WorkerPoolMixin):
             self.assertEqual(f.result(), 'initialized')
 
 
+class _CollectingHandler(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.CRITICAL)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
 class FailingInitializerMixin(WorkerPoolMixin):
     worker_count = 2
 
     def setUp(self):
-        # WorkerPool logs the worker's traceback in the parent, so the log is
-        # checked as CPython checks a thread pool's.
+        # WorkerPool logs the worker's traceback in the parent. Its workers start with the
+        # pool, so (as CPython does for process pools with its log queue) the handler is
+        # in place before the pool exists: the initializer may fail before the test body.
         self.executor_kwargs = dict(initializer=init_fail)
+        self.log_records = _CollectingHandler()
+        logger = logging.getLogger('concurrent.futures')
+        logger.addHandler(self.log_records)
+        self.addCleanup(logger.removeHandler, self.log_records)
         super().setUp()
 
     def test_initializer(self):
-        with self.assertLogs('concurrent.futures', 'CRITICAL') as cm:
+        with self._assert_logged('ValueError: error in initializer'):
             try:
                 future = self.executor.submit(get_init_status)
             except BrokenExecutor:
@@ -497,8 +513,12 @@ class FailingInitializerMixin(WorkerPoolMixin):
             # ... and from this point submit() is guaranteed to fail
             with self.assertRaises(BrokenExecutor):
                 self.executor.submit(get_init_status)
-        self.assertTrue(any('ValueError: error in initializer' in line
-                            for line in cm.output), cm.output)
+
+    @contextlib.contextmanager
+    def _assert_logged(self, msg):
+        yield
+        output = [self.log_records.format(record) for record in self.log_records.records]
+        self.assertTrue(any(msg in line for line in output), output)
 
 
 class WorkerPoolInitializerTest(InitializerMixin, BaseTestCase):

@@ -1,8 +1,19 @@
 """One wakeup pipe: a loop watches ``fileno()``; any thread (or a signal handler, through
-``signal.set_wakeup_fd(pipe.write_fd)``) calls ``wake()`` to make it look again."""
+``signal.set_wakeup_fd(pipe.write_fd)``) calls ``wake()`` to make it look again. And
+``call_in_loop``: an asyncio loop's call_soon_threadsafe for a loop that may have ended."""
 import os
 
-__all__ = ["WakeupPipe"]
+__all__ = ["WakeupPipe", "call_in_loop"]
+
+
+def call_in_loop(loop, callback):
+    """``loop.call_soon_threadsafe(callback)`` from any thread; False, and nothing done,
+    once the loop is closed (a second stop signal after that loop finished draining)."""
+    try:
+        loop.call_soon_threadsafe(callback)
+    except RuntimeError:  # "Event loop is closed": the loop has nothing left to do
+        return False
+    return True
 
 
 class WakeupPipe:

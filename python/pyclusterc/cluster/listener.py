@@ -10,6 +10,7 @@ import select
 import socket
 import time
 
+from .._lowlevel.wakeup import call_in_loop
 from .addresses import decode_peer, format_address
 
 SERVE_BATCH = 8     # connections Listener.serve takes per channel read
@@ -161,7 +162,7 @@ class Listener:
         stopped = loop.create_future()  # resolved by close(), from whichever thread
 
         def on_close():
-            loop.call_soon_threadsafe(lambda: stopped.done() or stopped.set_result(None))
+            call_in_loop(loop, lambda: stopped.done() or stopped.set_result(None))
         self._on_close.add(on_close)
         try:
             if self._sock is not None:

@@ -12,6 +12,7 @@ import asyncio
 import threading
 import time
 
+from .._lowlevel.wakeup import call_in_loop
 from . import asgi_http
 from .options import ssl_context, with_defaults
 from .responses import Date, server_headers
@@ -166,7 +167,7 @@ async def _serve(config, listeners, settings, loops, index):
     def stop():
         serving.draining = True  # new connections and finished responses drain too
         server.should_exit = True
-    loops.on_stop(lambda: loop.call_soon_threadsafe(stop))
+    loops.on_stop(lambda: call_in_loop(loop, stop))
 
     def create_protocol(_loop=None):
         return asgi_http.Protocol(config=config, server_state=server.server_state,

@@ -9,6 +9,7 @@ import threading
 
 from time import monotonic_ns as _monotonic_ns
 
+from .._lowlevel.wakeup import call_in_loop
 from .._lowlevel.native import EAGAIN, EINTR, call_restarting, ffi, lib, os_error, timeout_ns
 from .buffer import (BigInt64Array, Float32Array, Float64Array, Int32Array, TypedArray,
                      IntegerArray)
@@ -229,10 +230,8 @@ class Atomics:
                 call_restarting(lambda left: lib.pc_wait_block(header, slot, left, 0), ns)
             finally:
                 rc = lib.pc_wait_release(header, slot)
-                try:
-                    loop.call_soon_threadsafe(lambda: done.done() or done.set_result(_result(rc)))
-                except RuntimeError:
-                    pass  # the loop is closed: the awaiting task was cancelled with it
+                # A closed loop: the awaiting task was cancelled with it.
+                call_in_loop(loop, lambda: done.done() or done.set_result(_result(rc)))
 
         # A thread per pending wait: the futex has no fd for the loop to poll.
         thread = threading.Thread(target=block, args=(ta,), name="Atomics.wait_async", daemon=True)
