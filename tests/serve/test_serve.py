@@ -131,6 +131,56 @@ def test_sigterm_lets_a_slow_request_finish(target):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
+@pytest.mark.parametrize("target", ["plain_wsgi:app", "starlette_app:app"])
+def test_term_to_the_whole_group_again_and_again_lets_a_slow_request_finish(target):
+    """`kill -TERM -PGID`, repeated (an impatient operator; Ctrl-C twice sends INT to the
+    group the same way): each worker gets the signal itself, from the primary too, and
+    again while it drains. With two event loops, one loop finishes first; the later
+    signals must not crash the worker or fail the request running on the other."""
+    port = free_port()
+    with start(target, port, "--kill-timeout", "5", "--threads", "2") as cli:
+        result = {}
+
+        def slow():
+            try:
+                result["response"] = get(port, "/slow?s=1.5", timeout=20)
+            except Exception as e:  # noqa: BLE001 - shown by the assertion
+                result["error"] = repr(e)
+        client = threading.Thread(target=slow)
+        client.start()
+        time.sleep(0.5)  # the request is in flight
+        deadline = time.monotonic() + 10
+        while cli.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                os.killpg(cli.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        code = cli.finish()
+        client.join(20)
+        assert "response" in result, (result, cli.stderr)
+        assert result["response"][0] == 200 and result["response"][2] == b"slow done", result
+        assert code == 0, cli.stderr
+        assert "Traceback" not in "".join(cli.stderr), cli.stderr
+
+
+def test_a_second_ctrl_c_stops_now():
+    """INT drains like TERM; INT again, while draining, does not wait for --kill-timeout
+    (uvicorn's second Ctrl-C), where a repeated TERM keeps draining."""
+    port = free_port()
+    with start("plain_wsgi:app", port, "--kill-timeout", "30") as cli:
+        threading.Thread(target=lambda: _swallow(get, port, "/slow?s=20", timeout=30), daemon=True).start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        cli.proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert cli.proc.poll() is None  # draining: the slow request still runs
+        cli.proc.send_signal(signal.SIGINT)
+        cli.finish(timeout=10)
+        assert time.monotonic() - t0 < 5
+        assert any("SIGINT again: killing the workers now" in line for line in cli.stdout + cli.stderr)
+
+
 def test_kill_timeout_bounds_the_wait():
     port = free_port()
     with start("plain_wsgi:app", port, "--kill-timeout", "0.5") as cli:

@@ -10,6 +10,7 @@ import dataclasses
 import gc
 import importlib
 import os
+import signal
 import sys
 
 from ..manager.app import AppError, check_importable, load_target
@@ -64,7 +65,12 @@ def run_command(args):
         worker_main(settings, app, interface, close_fds=manager.primary_only_fds())
     manager.worker_target = worker_entry
     manager.start()
-    return manager.run()
+    code = manager.run()
+    # Stopped: a late TERM or INT has nothing left to stop, and at exit the interpreter
+    # puts back the default handlers, under which it would turn exit 0 into -15.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+    return code
 
 
 def control_command(args):

@@ -78,6 +78,7 @@ class ProcessManager:
         self.jobs = []
         self.wanted = settings.instances
         self.stopping = False
+        self.said_draining = False  # the repeated-stop hint, printed once
         self.app_error = None
         self.announced = False
         self.started = clock()
@@ -198,14 +199,17 @@ class ProcessManager:
             raise ValueError(error)
         return self.enqueue(Scale(self, count, respond))
 
-    def stop(self, respond=None):
-        """Drain every worker within --kill-timeout, then run() returns. A second stop
-        does not wait any longer."""
+    def stop(self, respond=None, now=False):
+        """Drain every worker within --kill-timeout, then run() returns. Stopping again
+        changes nothing (a repeated TERM or `pyclusterc stop` must not cut the requests
+        being drained), unless now=True: then the workers are killed at once (a second
+        Ctrl-C)."""
         if respond is not None:
             self.stop_replies.append(respond)
         if self.stopping:
-            for record in list(self.records.values()):
-                record.handle.kill("SIGKILL")
+            if now:
+                for record in list(self.records.values()):
+                    record.handle.kill("SIGKILL")
             return
         self.stopping = True
         self.notifier.stopping()
@@ -275,7 +279,14 @@ class ProcessManager:
     def on_signal(self, name):
         action = self.SIGNAL_ACTIONS.get(name, "ignored")
         if action == "stop":
-            self.stop()
+            now = self.stopping and name == "SIGINT"
+            if now:
+                self.say("SIGINT again: killing the workers now")
+            elif self.stopping and not self.said_draining:
+                self.said_draining = True
+                self.say(f"{name} again: still draining (up to --kill-timeout); "
+                         f"INT again (Ctrl-C) stops the workers now")
+            self.stop(now=now)
         elif action == "reload":
             self.reload()
         elif action == "more":
