@@ -1,6 +1,7 @@
 """Hostile and heavy clients, both servers: slowloris beside normal clients, a 16 MiB
 header line, a body over --limit-request-body, the whole-head deadline, the
 concurrency limit. Servers run in a child (tests/serve/direct.py), clients here."""
+import collections
 import os
 import sys
 import threading
@@ -150,6 +151,26 @@ def test_limit_concurrency_answers_503_beyond_it(interface):
         thread.join()
         assert results["slow"] == 200
         assert get(server.port)[0] == 200
+
+
+@pytest.mark.parametrize("interface", INTERFACES)
+def test_limit_concurrency_never_refuses_a_client_its_own_next_request(interface):
+    """One client at a time under --limit-concurrency 1: requests back to back on a
+    kept-alive connection, pipelined pairs, and a new connection right after each
+    response. None may meet a 503 caused by the request it has just been answered for."""
+    with DirectServer(interface, threads=4, settings={"limit_concurrency": 1}) as server:
+        statuses = []
+        with connect(server.port) as sock:
+            responses = Responses(sock)
+            for _ in range(300):
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                statuses.append(responses.next()[0])
+            for _ in range(50):
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+                statuses += [responses.next()[0], responses.next()[0]]
+        for _ in range(150):
+            statuses.append(get(server.port)[0])
+        assert [s for s in statuses if s != 200] == [], collections.Counter(statuses)
 
 
 @pytest.mark.parametrize("interface", INTERFACES)

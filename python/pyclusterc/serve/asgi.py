@@ -85,6 +85,7 @@ class _Loops:
         self._slot = slot
         self._stamps = [time.monotonic_ns()] * count
         self._states = []
+        self._servings = []  # each loop's asgi_http.Serving
         self._stoppers = []
         self._stopping = False
         self._lock = threading.Lock()
@@ -119,9 +120,10 @@ class _Loops:
         for callback in stoppers:
             callback()
 
-    def add_state(self, server_state):
+    def add_state(self, server_state, serving):
         with self._lock:
             self._states.append(server_state)
+            self._servings.append(serving)
 
     def started(self):
         """One loop's lifespan startup completed: the worker is ready when all have."""
@@ -132,8 +134,10 @@ class _Loops:
             self._ready()
 
     def requests_in_progress(self):
-        """ASGI tasks running on every loop of this worker (--limit-concurrency)."""
-        return sum(len(state.tasks) for state in list(self._states))
+        """ASGI tasks running on every loop of this worker (--limit-concurrency), less
+        those whose response is complete (Serving.answered_tasks)."""
+        return (sum(len(state.tasks) for state in list(self._states))
+                - sum(serving.answered_tasks for serving in list(self._servings)))
 
     def beat(self, index):
         self._stamps[index] = time.monotonic_ns()
@@ -156,10 +160,10 @@ async def _serve(config, listeners, settings, loops, index):
         loops.stop()
         return LIFESPAN_FAILED
     server.started = True
-    loops.add_state(server.server_state)
-    loops.started()
     loop = asyncio.get_running_loop()
     serving = asgi_http.Serving(settings, loops.hand_back, Date(), loops.metrics_slot)
+    loops.add_state(server.server_state, serving)
+    loops.started()
     serving.in_progress = loops.requests_in_progress
     serving.app, serving.proxied_app = loops.apps
     serving.extra_headers = b"".join(b"%s: %s\r\n" % pair for pair in server_headers(settings))

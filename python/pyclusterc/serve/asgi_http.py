@@ -50,6 +50,10 @@ class Serving:
         self.date = date
         self.limit_concurrency = settings.limit_concurrency
         self.in_progress = lambda: 0  # requests running in the whole worker
+        # With --limit-concurrency: this loop's ASGI tasks whose response is complete but
+        # which have not ended yet (their done callback runs after the loop's next poll,
+        # where the client's next request may already be read). Not counted as running.
+        self.answered_tasks = 0
         self.extra_headers = b""
         self.draining = False
         # (status, started) per response into the scoreboard (metrics on), or None.
@@ -81,6 +85,9 @@ class Serving:
         late = [conn for conn in self.deadlines if conn.deadline <= now]
         for conn in late:
             conn.deadline_passed()
+
+    def answered_task_ended(self, _task):
+        self.answered_tasks -= 1
 
     def defaults(self, server_headers):
         """uvicorn's default headers (date, ours, --header), as one block of bytes."""
@@ -443,16 +450,18 @@ class Protocol(HttpToolsProtocol):
             return True  # the websocket protocol has the transport now
         self.expect_100_continue = expect = head.expect_continue
         limit = serving.limit_concurrency
+        existing = self.cycle
+        pipelined = existing is not None and not existing.response_complete
         # Requests in progress in the worker, as the WSGI server counts (uvicorn counts
-        # per loop, and open connections too, idle keep-alive ones included).
-        if limit is not None and serving.in_progress() >= limit:
+        # per loop, and open connections too, idle keep-alive ones included). A pipelined
+        # request runs only once the one before it is answered: it adds no concurrency.
+        if limit is not None and not pipelined and serving.in_progress() >= limit:
             app = service_unavailable
             self.logger.warning("Exceeded concurrency limit.")
         else:
             app = serving.proxied_app if head.forwarded else self.app
         keep_alive = head.keep_alive and not self.close_after and not (serving.draining and self.tls)
         transport = self.transport if keep_alive else _LingeringTransport(self.transport, self)
-        existing = self.cycle
         self.cycle = cycle = _Cycle(
             scope, transport, self.flow, self.logger, self.access_logger, self.access_log,
             serving.defaults(self.server_state.default_headers), asyncio.Event(), expect,
@@ -466,7 +475,7 @@ class Protocol(HttpToolsProtocol):
             if serving.access_lines is not None:
                 cycle.log_prefix = self.log_prefix
                 cycle.log_head = head.raw
-        if existing is None or existing.response_complete:
+        if not pipelined:
             self._start_asgi_task(cycle, app)
         else:
             self.flow.pause_reading()  # pipelined: served once the one before is done
@@ -492,6 +501,12 @@ class Protocol(HttpToolsProtocol):
     def on_response_complete(self):
         # uvicorn's, with the idle wait on the sweep instead of a timer per request.
         self.server_state.total_requests += 1
+        serving = self.serving
+        if serving.limit_concurrency is not None:
+            task = asyncio.current_task()
+            if task is not None and task in self.tasks:
+                serving.answered_tasks += 1
+                task.add_done_callback(serving.answered_task_ended)
         if self.transport.is_closing():
             return
         self.flow.resume_reading()

@@ -78,6 +78,7 @@ class _Connection:
         self.linger = False         # closing: discard what the client still sends first
         self.lingered = 0
         self.closed = False
+        self.answered = False       # its last response is on its way (Server.answered)
 
     # -- reader callbacks ---------------------------------------------------------
     def on_head(self, head):
@@ -191,6 +192,11 @@ class WSGIServer:
         self.slot_records = self.slot is not None and metrics_slot is self.slot
         self.stopping = False
         self.inflight = 0
+        # With --limit-concurrency: connections in flight whose last response is on its
+        # way (answered() ran): not counted against the limit, so a client that has its
+        # response and asks again (or sends the next request on its keep-alive
+        # connection) never meets a 503 from its own finished request.
+        self.answering = 0
         self.finished = 0  # requests handled (progress, for the heartbeat)
         self.heartbeat = hooks.heartbeat
         self.lock = threading.Lock()
@@ -426,9 +432,22 @@ class WSGIServer:
                 conn.deadline = now + _BODY_IDLE_SECONDS    # a body: while it progresses
         self._arm(conn)
 
+    def answered(self, conn):
+        """A pool thread, before the last bytes of a response (--limit-concurrency only)."""
+        if not conn.answered:
+            conn.answered = True
+            with self.lock:
+                self.answering += 1
+
+    def _not_answered(self, conn):
+        if conn.answered:
+            conn.answered = False
+            with self.lock:
+                self.answering -= 1
+
     def _start(self, conn):
         with self.lock:
-            busy = self.inflight
+            busy = self.inflight - self.answering
             self.inflight += 1
         if self.limit_concurrency is not None and busy >= self.limit_concurrency:
             with self.lock:
@@ -504,6 +523,9 @@ class WSGIServer:
             with self.lock:
                 self.inflight -= 1
                 self.finished += 1
+                if conn.answered:
+                    conn.answered = False
+                    self.answering -= 1
             if keep or self.stopping:
                 self._wake()
 
@@ -515,6 +537,8 @@ class WSGIServer:
 
     def _respond(self, conn, request):
         """Run the app for one request; True if the connection can be kept open."""
+        if conn.answered:  # a pipelined request after the one answered: busy again
+            self._not_answered(conn)
         environ = build_environ(self, conn, request)
         response = Response(conn, request, self)
         slot = self.slot

@@ -93,6 +93,8 @@ class Response:
         # Draining keeps the connection only when it can be handed back afterwards.
         self.keep_alive = request.keep_alive and not (conn.close_after or (server.stopping and conn.tls))
         self.no_body = request.head.method == "HEAD"
+        self.counts_answers = server.limit_concurrency is not None
+        self.declared_length = None  # the app's Content-Length, when counts_answers
 
     def start_response(self, status, headers, exc_info=None):
         if exc_info:
@@ -118,6 +120,8 @@ class Response:
             lower = name.lower()
             if lower == "content-length":
                 has_length = True
+                if self.counts_answers and value.strip().isdigit():
+                    self.declared_length = int(value)
             elif lower == "date":
                 has_date = True
             elif lower == "connection":
@@ -152,6 +156,8 @@ class Response:
     def whole(self, body):
         """A response whose whole body is known: one send, with a Content-Length."""
         head = self._head(len(body))
+        if self.counts_answers:
+            self.server.answered(self.conn)
         if self.no_body:
             self.conn.sock.sendall(head)
         else:
@@ -163,10 +169,14 @@ class Response:
         if data and not self.no_body:
             self.sent += len(data)
             out += (b"%x\r\n%s\r\n" % (len(data), data)) if self.chunked else data
+            if self.declared_length is not None and self.sent >= self.declared_length:
+                self.server.answered(self.conn)  # the last of a body of known length
         if out:
             self.conn.sock.sendall(out)
 
     def finish(self):
+        if self.counts_answers:
+            self.server.answered(self.conn)
         if not self.headers_sent:
             self.conn.sock.sendall(self._head(None if self.no_body else 0))
         elif self.chunked:
