@@ -160,6 +160,12 @@ def main():
         inbox.listen(64)
     listener = FeedListener(tcp, inbox)
     callbacks = []
+    # PYCLUSTERC_TEST_GC_REPORT=1: print how many objects the cyclic GC freed while
+    # serving, from READY to the stop signal (test_garbage.py: a closed connection must
+    # be freed by refcount alone). Not the shutdown's: that frees each request thread
+    # (~25 objects), and a loaded machine starts more of them.
+    gc_report = os.environ.get("PYCLUSTERC_TEST_GC_REPORT") == "1"
+    collected_at_ready = []
 
     def on_stop(callback):
         callbacks.append(callback)
@@ -169,6 +175,10 @@ def main():
         # TERM (the drain test's stop()) changes nothing.
         if not callbacks:
             return
+        if gc_report:
+            gc.collect()
+            freed = sum(gen["collected"] for gen in gc.get_stats()) - collected_at_ready[0]
+            print(f"GC {freed}", flush=True)
         for callback in callbacks[:]:
             callback()
         callbacks.clear()
@@ -186,11 +196,6 @@ def main():
         finally:
             channel.close()
         return True
-
-    # PYCLUSTERC_TEST_GC_REPORT=1: print how many objects the cyclic GC freed while
-    # serving (test_garbage.py: a closed connection must be freed by refcount alone).
-    gc_report = os.environ.get("PYCLUSTERC_TEST_GC_REPORT") == "1"
-    collected_at_ready = []
 
     def ready():
         if gc_report:
@@ -215,10 +220,6 @@ def main():
     else:
         from pyclusterc.serve import asgi
         code = asgi.run(app, [listener], settings, hooks)
-    if gc_report:
-        gc.collect()
-        freed = sum(gen["collected"] for gen in gc.get_stats()) - collected_at_ready[0]
-        print(f"GC {freed}")
     sys.stdout.flush()
     os._exit(code)
 
