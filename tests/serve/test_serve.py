@@ -109,18 +109,12 @@ def test_websocket_echo_and_lifespan(loops):
 def test_sigterm_lets_a_slow_request_finish(target):
     port = free_port()
     with start(target, port, "--kill-timeout", "5") as cli:
-        result = {}
-
-        def slow():
-            result["response"] = get(port, "/slow?s=1.5", timeout=20)
-        client = threading.Thread(target=slow)
-        client.start()
-        time.sleep(0.5)  # the request is in flight
+        client, result = _slow_request_in_flight(port, 1.5)
         t0 = time.monotonic()
         cli.proc.send_signal(signal.SIGTERM)
         code = cli.finish()
         client.join(20)
-        assert result["response"][0] == 200 and result["response"][2] == b"slow done"
+        assert result.get("response", (None, None, None))[0::2] == (200, b"slow done"), result
         assert code == 0, cli.stderr
         assert time.monotonic() - t0 < 5
         deadline = time.monotonic() + 5
@@ -139,16 +133,7 @@ def test_term_to_the_whole_group_again_and_again_lets_a_slow_request_finish(targ
     signals must not crash the worker or fail the request running on the other."""
     port = free_port()
     with start(target, port, "--kill-timeout", "5", "--threads", "2") as cli:
-        result = {}
-
-        def slow():
-            try:
-                result["response"] = get(port, "/slow?s=1.5", timeout=20)
-            except Exception as e:  # noqa: BLE001 - shown by the assertion
-                result["error"] = repr(e)
-        client = threading.Thread(target=slow)
-        client.start()
-        time.sleep(0.5)  # the request is in flight
+        client, result = _slow_request_in_flight(port, 1.5)
         deadline = time.monotonic() + 10
         while cli.proc.poll() is None and time.monotonic() < deadline:
             try:
@@ -158,8 +143,7 @@ def test_term_to_the_whole_group_again_and_again_lets_a_slow_request_finish(targ
             time.sleep(0.1)
         code = cli.finish()
         client.join(20)
-        assert "response" in result, (result, cli.stderr)
-        assert result["response"][0] == 200 and result["response"][2] == b"slow done", result
+        assert result.get("response", (None, None, None))[0::2] == (200, b"slow done"), (result, cli.stderr)
         assert code == 0, cli.stderr
         assert "Traceback" not in "".join(cli.stderr), cli.stderr
 
@@ -169,8 +153,7 @@ def test_a_second_ctrl_c_stops_now():
     (uvicorn's second Ctrl-C), where a repeated TERM keeps draining."""
     port = free_port()
     with start("plain_wsgi:app", port, "--kill-timeout", "30") as cli:
-        threading.Thread(target=lambda: _swallow(get, port, "/slow?s=20", timeout=30), daemon=True).start()
-        time.sleep(0.5)
+        _slow_request_in_flight(port, 20)
         t0 = time.monotonic()
         cli.proc.send_signal(signal.SIGINT)
         time.sleep(0.5)
@@ -184,19 +167,27 @@ def test_a_second_ctrl_c_stops_now():
 def test_kill_timeout_bounds_the_wait():
     port = free_port()
     with start("plain_wsgi:app", port, "--kill-timeout", "0.5") as cli:
-        threading.Thread(target=lambda: _swallow(get, port, "/slow?s=10", timeout=20), daemon=True).start()
-        time.sleep(0.5)
+        _slow_request_in_flight(port, 10)
         t0 = time.monotonic()
         cli.proc.send_signal(signal.SIGTERM)
         cli.finish(timeout=10)
         assert time.monotonic() - t0 < 4
 
 
-def _swallow(fn, *args, **kw):
-    try:
-        fn(*args, **kw)
-    except OSError:
-        pass
+def _slow_request_in_flight(port, seconds):
+    """GET /slow?s=SECONDS on a thread, in flight when this returns: (thread, result),
+    result["response"] once answered, or result["error"]."""
+    result = {}
+
+    def ask():
+        try:
+            result["response"] = get(port, f"/slow?s={seconds}", timeout=seconds + 20)
+        except Exception as e:  # noqa: BLE001 - the caller's assertion shows it
+            result["error"] = repr(e)
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    return thread, result
 
 
 def _raw(port, data, timeout=10):
