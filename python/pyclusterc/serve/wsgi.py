@@ -34,6 +34,7 @@ from .options import ssl_context, with_defaults
 from .._lowlevel.wakeup import WakeupPipe
 from .responses import AccessLog, Date, add_request, clock_needed, error_response, server_headers, unread_bytes
 from .wsgi_app import Response, build_environ
+from .wsgi_threads import Progress, RequestThreads
 
 DEFAULT_THREADS = 8
 _SPOOL_BYTES = 1024 * 1024
@@ -219,7 +220,7 @@ class WSGIServer:
 
     # -- the acceptor (main thread) ---------------------------------------------
     def serve(self):
-        self.pool = _Pool(self)
+        self.pool = RequestThreads(self)
         # Connections are registered one-shot: an event disarms the fd until we re-arm it
         # (one epoll_ctl per request; none while a pool thread has the connection).
         self.ep = ep = select.epoll()
@@ -230,7 +231,7 @@ class WSGIServer:
         for listener in self.listeners:
             ep.register(listener.fileno(), select.EPOLLIN)
             fds[listener.fileno()] = listener
-        beat = _Progress(self)
+        beat = Progress(self)
         next_sweep = 0.0
         drained = False
         try:
@@ -493,7 +494,7 @@ class WSGIServer:
         self.listeners = []
 
     # -- a pool thread: the requests read so far on one connection ------------------
-    def _handle(self, conn):
+    def handle(self, conn):
         keep = False
         try:
             while conn.complete:
@@ -592,63 +593,6 @@ class WSGIServer:
         elif self.access_log is not None:
             self.access_log.wsgi(environ, response.status, response.sent, started)
         return response.keep_alive
-
-
-class _Pool:
-    """The request threads, started only as concurrency needs them: a new one when more
-    connections are in flight than threads exist. ThreadPoolExecutor starts one whenever
-    no thread is idle at that instant, so a sequential client racing a thread's return
-    to the pool grew it anyway; each thread costs a stack, a thread state and a malloc
-    arena of private pages."""
-
-    def __init__(self, server):
-        self.server = server
-        self.jobs = queue.SimpleQueue()
-        self.workers = []
-
-    def submit(self, conn, busy):
-        """busy: connections in flight, this one included."""
-        self.jobs.put(conn)
-        if busy > len(self.workers) and len(self.workers) < self.server.threads:
-            thread = threading.Thread(target=self._run, daemon=True,
-                                      name=f"pyclusterc-wsgi_{len(self.workers)}")
-            self.workers.append(thread)
-            thread.start()
-
-    def _run(self):
-        handle = self.server._handle
-        while (conn := self.jobs.get()) is not None:
-            try:
-                handle(conn)
-            except BaseException:  # noqa: BLE001 - e.g. the app's sys.exit(): serve on
-                traceback.print_exc()
-
-    def shutdown(self):
-        """Wait for the threads to finish what was submitted."""
-        for _ in self.workers:
-            self.jobs.put(None)
-        for thread in self.workers:
-            thread.join()
-
-
-class _Progress:
-    """Stamps the heartbeat at most twice a second, and only while the worker makes
-    progress: a free thread in the pool, or a request finished since the last stamp.
-    A worker whose every thread is stuck in the app stops stamping (--timeout)."""
-
-    def __init__(self, server):
-        self.server = server
-        self.last = 0.0
-        self.finished = -1
-
-    def __call__(self):
-        now = time.monotonic()
-        if now - self.last < 0.5:
-            return
-        server = self.server
-        if server.inflight < server.threads or server.finished != self.finished:
-            self.last, self.finished = now, server.finished
-            server.heartbeat()
 
 
 def run(app, listeners, settings, hooks):
