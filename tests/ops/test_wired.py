@@ -250,3 +250,20 @@ def test_access_log_and_metrics_together_count_pipelined_and_kept_alive_requests
     assert len(queries) == total, cli.stdout[-10:]
     assert set(queries) == {f"b={b}&{kind}={i}" for b in range(bursts) for kind in ("i", "back")
                             for i in range(burst)}
+
+
+@pytest.mark.parametrize("target", ["django_site:application", "django_site:asgi_application"])
+def test_django_not_found_is_printed_once(runtime, target):
+    """Django's own handler prints its 404 warning; nothing of ours (a root logger set up
+    in the worker) prints it again. Two 404s, each line relayed with the worker id."""
+    with serve(runtime, target=target) as cli:
+        cli.wait_line("ready, 2 workers")
+        for index in range(2):
+            assert get(cli.port, f"/missing-{index}")[0] == 404
+        assert get(cli.port, "/")[2] == b"django ok"
+        cli.proc.send_signal(signal.SIGTERM)
+        assert cli.finish(30) == 0
+    for index in range(2):
+        lines = [line for line in cli.stdout + cli.stderr if f"Not Found: /missing-{index}" in line]
+        assert len(lines) == 1, lines
+        assert re.match(r"\S+ \[[01]\] Not Found: ", lines[0]), lines  # stamped, with the worker id
