@@ -79,7 +79,7 @@ class _Connection:
         self.linger = False         # closing: discard what the client still sends first
         self.lingered = 0
         self.closed = False
-        self.answered = False       # its last response is on its way (Server.answered)
+        self.answered = False       # its last response is on its way (WSGIServer.answered)
 
     # -- reader callbacks ---------------------------------------------------------
     def on_head(self, head):
