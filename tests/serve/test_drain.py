@@ -117,4 +117,3 @@ def test_drain_drops_nothing(interface, hand_back, tmp_path):
             old.kill()
         old.__exit__(None, None, None)
         sock.close()
-

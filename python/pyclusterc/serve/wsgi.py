@@ -440,11 +440,11 @@ class WSGIServer:
             with self.lock:
                 self.answering += 1
 
-    def _not_answered(self, conn):
-        if conn.answered:
-            conn.answered = False
-            with self.lock:
-                self.answering -= 1
+    def _busy_again(self, conn):
+        """A pipelined request after the answered one: the connection counts again."""
+        conn.answered = False
+        with self.lock:
+            self.answering -= 1
 
     def _start(self, conn):
         with self.lock:
@@ -538,8 +538,8 @@ class WSGIServer:
 
     def _respond(self, conn, request):
         """Run the app for one request; True if the connection can be kept open."""
-        if conn.answered:  # a pipelined request after the one answered: busy again
-            self._not_answered(conn)
+        if conn.answered:
+            self._busy_again(conn)
         environ = build_environ(self, conn, request)
         response = Response(conn, request, self)
         slot = self.slot

@@ -230,7 +230,7 @@ class Atomics:
                 call_restarting(lambda left: lib.pc_wait_block(header, slot, left, 0), ns)
             finally:
                 rc = lib.pc_wait_release(header, slot)
-                # A closed loop: the awaiting task was cancelled with it.
+                # Skipped when the loop is closed: the awaiting task was cancelled with it.
                 call_in_loop(loop, lambda: done.done() or done.set_result(_result(rc)))
 
         # A thread per pending wait: the futex has no fd for the loop to poll.
